@@ -1,0 +1,1 @@
+"""diva_jax: the dataset derivative of a learning task (DIVA, Dukler et al., ICLR 2022)."""
