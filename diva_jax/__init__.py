@@ -1,1 +1,18 @@
-"""diva_jax: the dataset derivative of a learning task (DIVA, Dukler et al., ICLR 2022)."""
+"""diva_jax: the dataset derivative of a learning task (DIVA, Dukler et al., ICLR 2022).
+
+The functional core: exact closed-form leave-one-out (LOO) of weighted ridge regression on
+features or a kernel, and its gradient in the sample weights (the dataset derivative).
+"""
+
+from diva_jax.loo import LOSSES
+from diva_jax.loo import RegSelection
+from diva_jax.loo import dataset_derivative
+from diva_jax.loo import loo_loss
+from diva_jax.loo import loo_loss_and_derivative
+from diva_jax.loo import loo_predictions
+from diva_jax.loo import ridge_predict
+from diva_jax.loo import select_reg
+from diva_jax.loo import validation_derivative
+from diva_jax.loo import validation_loss
+
+__version__ = "0.1.0"

