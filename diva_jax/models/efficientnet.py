@@ -53,6 +53,50 @@ INPUT_SIZE = 224
 _BatchNorm = functools.partial(nn.BatchNorm, use_running_average=True, epsilon=BN_EPSILON)
 
 
+def depthwise_conv_same(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  """Depthwise convolution with TF/XLA "SAME" padding, as a sum of shifted products.
+
+  Equal to ``lax.conv_general_dilated(..., padding="SAME", feature_group_count=c)``, but
+  several times faster on CPU, where XLA's grouped convolution is slow: the ``k * k``
+  strided slices fuse into one elementwise loop.
+
+  Args:
+    x: ``[n, h, w, c]``.
+    kernel: ``[k, k, 1, c]`` (flax HWIO layout for a depthwise kernel).
+    stride: spatial stride.
+
+  Returns:
+    ``[n, ceil(h / stride), ceil(w / stride), c]``.
+  """
+  k = kernel.shape[0]
+  n, h, w, c = x.shape
+  out_h, out_w = -(-h // stride), -(-w // stride)
+  pad_h = max((out_h - 1) * stride + k - h, 0)
+  pad_w = max((out_w - 1) * stride + k - w, 0)
+  x = jnp.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2),
+                  (0, 0)))
+  out = jnp.zeros((n, out_h, out_w, c), jnp.result_type(x, kernel))
+  for i in range(k):
+    for j in range(k):
+      window = jax.lax.slice(x, (0, i, j, 0),
+                             (n, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, c),
+                             (1, stride, stride, 1))
+      out = out + window * kernel[i, j, 0]
+  return out
+
+
+class DepthwiseConv(nn.Module):
+  """Depthwise kxk convolution, SAME padding, no bias; param ``kernel [k, k, 1, c]``."""
+  kernel_size: int
+  stride: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (self.kernel_size, self.kernel_size, 1, x.shape[-1]), jnp.float32)
+    return depthwise_conv_same(x, kernel.astype(x.dtype), self.stride)
+
+
 class MBConv(nn.Module):
   """Mobile inverted bottleneck without squeeze-excitation (inference only).
 
@@ -73,12 +117,11 @@ class MBConv(nn.Module):
     inputs = x
     hidden = x.shape[-1] * self.expand
     if self.expand != 1:
-      x = nn.Conv(hidden, (1, 1), use_bias=False, name="expand_conv")(x)
+      x = nn.Dense(hidden, use_bias=False, name="expand_conv")(x)
       x = nn.relu6(_BatchNorm(name="expand_bn")(x))
-    x = nn.Conv(hidden, (self.kernel, self.kernel), strides=self.stride, padding="SAME",
-                feature_group_count=hidden, use_bias=False, name="depthwise_conv")(x)
+    x = DepthwiseConv(self.kernel, self.stride, name="depthwise_conv")(x)
     x = nn.relu6(_BatchNorm(name="depthwise_bn")(x))
-    x = nn.Conv(self.features, (1, 1), use_bias=False, name="project_conv")(x)
+    x = nn.Dense(self.features, use_bias=False, name="project_conv")(x)
     x = _BatchNorm(name="project_bn")(x)
     if self.stride == 1 and inputs.shape[-1] == self.features:
       x = x + inputs
@@ -114,7 +157,7 @@ class EfficientNetLite(nn.Module):
       for r in range(repeats):
         x = MBConv(out, kernel, stride if r == 0 else 1, expand, name=f"block_{block}")(x)
         block += 1
-    x = nn.Conv(HEAD_FEATURES, (1, 1), use_bias=False, name="head_conv")(x)
+    x = nn.Dense(HEAD_FEATURES, use_bias=False, name="head_conv")(x)
     x = nn.relu6(_BatchNorm(name="head_bn")(x))
     x = jnp.mean(x, axis=(1, 2))
     if features:
@@ -151,7 +194,10 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def _conv_kernel(w: np.ndarray) -> np.ndarray:
-  # torch [out, in / groups, kh, kw] -> flax [kh, kw, in / groups, out]
+  # torch [out, in / groups, kh, kw] -> flax Conv [kh, kw, in / groups, out];
+  # 1x1 convolutions are flax Dense layers: [out, in, 1, 1] -> [in, out].
+  if w.shape[2:] == (1, 1) and w.shape[1] != 1:
+    return np.transpose(w[:, :, 0, 0])
   return np.transpose(w, (2, 3, 1, 0))
 
 
