@@ -1,0 +1,219 @@
+r"""Benchmark: LOO value + dataset derivative against its peers, in one process and run.
+
+For each size, measured in the same run (medians over --repeats):
+  * diva_jax value + gradient (primal, explicit gradient), float64 and float32;
+  * scikit-learn RidgeCV's exact LOO values (fit_intercept=False, sample weights, same reg),
+    float64: the value alone, no gradient;
+  * plain jax.value_and_grad through the reference closed form;
+  * brute-force refits (n refits; a few timed, extrapolated to n);
+  * the machine's measured matrix-multiply rate (Z^T Z at this size), so the fraction of
+    peak reached by the derivative's arithmetic can be reported.
+Then the dual form (n x n kernel, float64) against one Cholesky of the kernel, and the
+streamed primal form at a large n (features in memory, float32) with its peak memory.
+
+  python -m experiments.benchmark --workdir=/tmp/bench
+  python -m experiments.benchmark --workdir=/tmp/bench --sizes=5000,20000 --streamed_n=1000000
+
+Writes <workdir>/benchmark.json (atomically) and prints a table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+flags.DEFINE_string("workdir", None, "Where benchmark.json is written.", required=True)
+flags.DEFINE_list("sizes", ["2000", "5000", "20000"], "Primal sample counts n.")
+flags.DEFINE_integer("d", 1280, "Feature dimension of the primal runs.")
+flags.DEFINE_integer("c", 10, "Number of outputs (classes).")
+flags.DEFINE_integer("repeats", 3, "Timed repeats (median reported).")
+flags.DEFINE_integer("brute_force_refits", 3, "Refits timed for the brute-force estimate.")
+flags.DEFINE_integer("autodiff_max_n", 20000, "Largest n for the plain-autodiff peer.")
+flags.DEFINE_list("dual_sizes", ["10000"], "Kernel sizes n for the dual form (float64).")
+flags.DEFINE_integer("streamed_n", 1_000_000, "Rows for the streamed run (0 skips it).")
+flags.DEFINE_integer("streamed_d", 1024, "Features of the streamed run.")
+flags.DEFINE_integer("streamed_c", 100, "Outputs of the streamed run.")
+flags.DEFINE_integer("streamed_block", 32768, "Rows per block in the streamed run.")
+flags.DEFINE_integer("seed", 0, "Data seed.")
+
+FLAGS = flags.FLAGS
+
+
+def _median_time(fn, repeats):
+  fn()  # compile / warm up
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def _problem(n, d, c, rng, dtype=np.float64):
+  z = rng.standard_normal((n, d), dtype=np.float32).astype(dtype)
+  y = np.eye(c, dtype=dtype)[rng.integers(0, c, n)]
+  a = rng.uniform(0.5, 1.5, n).astype(dtype)
+  reg = float(0.1 * n)  # ~ 0.1 x mean eigenvalue scale of Z^T Z / d: well conditioned
+  return z, y, a, reg
+
+
+def _matmul_rate(z):
+  """Flop/s of Z^T Z (a Gram product, the derivative's dominant operation)."""
+  zj = jnp.asarray(z)
+  gram = jax.jit(lambda x: x.T @ x)
+  t = _median_time(lambda: jax.block_until_ready(gram(zj)), 3)
+  n, d = z.shape
+  return 2.0 * n * d * d / t
+
+
+def bench_primal(n, d, c, repeats, rng):
+  from sklearn.linear_model import RidgeCV
+  from diva_jax import loo
+
+  z, y, a, reg = _problem(n, d, c, rng)
+  row = {"n": n, "d": d, "c": c, "reg": reg}
+  ridge = lambda: RidgeCV(alphas=[reg], fit_intercept=False, store_cv_results=True,
+                          scoring="neg_mean_squared_error").fit(z, y, sample_weight=a)
+  row["sklearn_f64_s"] = _median_time(ridge, max(1, repeats - 1))
+  sk_loo = ridge().cv_results_[:, :, 0]
+  flops = 7.0 * n * d * d + d ** 3 / 3.0
+
+  ref64 = None
+  for dt in (jnp.float64, jnp.float32):
+    name = "f64" if dt == jnp.float64 else "f32"
+    args = (jnp.asarray(a, dt), jnp.asarray(y, dt), jnp.asarray(z, dt), jnp.asarray(reg, dt),
+            jnp.ones(n, dt), jnp.asarray(1.0, dt))
+    fn = lambda: jax.block_until_ready(
+        loo._loo_value_and_grad_jit(*args, form="primal", loss="mse"))
+    row[f"ours_{name}_s"] = _median_time(fn, repeats)
+    value, grad = fn()
+    row[f"ours_{name}_ratio_to_sklearn"] = row[f"ours_{name}_s"] / row["sklearn_f64_s"]
+    rate = _matmul_rate(np.asarray(z, dt))
+    row[f"matmul_{name}_gflops"] = rate / 1e9
+    row[f"ours_{name}_fraction_of_matmul_rate"] = flops / row[f"ours_{name}_s"] / rate
+    if dt == jnp.float64:
+      ref64 = (float(value), np.asarray(grad))
+      preds = loo._loo_predictions_jit(*args[:4], form="primal")
+      row["max_abs_diff_loo_vs_sklearn"] = float(np.max(np.abs(np.asarray(preds) - sk_loo)))
+    else:
+      row["f32_rel_err_value"] = abs(float(value) - ref64[0]) / abs(ref64[0])
+      row["f32_rel_err_grad"] = float(np.linalg.norm(np.asarray(grad, np.float64) - ref64[1])
+                                      / np.linalg.norm(ref64[1]))
+    if n <= FLAGS.autodiff_max_n:
+      vg = jax.jit(jax.value_and_grad(loo._loo_loss_reference), static_argnums=(6, 7))
+      row[f"autodiff_{name}_s"] = _median_time(
+          lambda: jax.block_until_ready(vg(*args, "primal", "mse")), repeats)
+      row[f"autodiff_{name}_ratio_to_sklearn"] = row[f"autodiff_{name}_s"] / row["sklearn_f64_s"]
+
+  # Brute force: n refits of the weighted normal equations (numpy, float64).
+  k = max(1, FLAGS.brute_force_refits)
+  start = time.perf_counter()
+  for i in range(k):
+    b = a.copy()
+    b[i] = 0.0
+    np.linalg.solve(z.T @ (b[:, None] * z) + reg * np.eye(d), z.T @ (b[:, None] * y))
+  row["brute_force_s_extrapolated"] = (time.perf_counter() - start) / k * n
+  return row
+
+
+def bench_dual(n, c, repeats, rng):
+  from diva_jax import loo
+
+  z, y, a, _ = _problem(n, max(8, n // 4), c, rng)
+  kern = z @ z.T
+  reg = 0.1 * float(np.trace(kern)) / n
+  args = (jnp.asarray(a), jnp.asarray(y), jnp.asarray(kern), jnp.asarray(reg), jnp.ones(n),
+          jnp.asarray(1.0))
+  chol = jax.jit(jnp.linalg.cholesky)
+  kj = jnp.asarray(kern) + reg * jnp.eye(n)
+  row = {"n": n, "c": c}
+  row["cholesky_s"] = _median_time(lambda: jax.block_until_ready(chol(kj)), repeats)
+  row["ours_value_grad_s"] = _median_time(
+      lambda: jax.block_until_ready(loo._loo_value_and_grad_jit(*args, form="dual", loss="mse")),
+      repeats)
+  row["ours_value_s"] = _median_time(
+      lambda: jax.block_until_ready(loo._loo_loss_cvjp(*args, "dual", "mse")), repeats)
+  row["value_grad_over_cholesky"] = row["ours_value_grad_s"] / row["cholesky_s"]
+  row["value_over_cholesky"] = row["ours_value_s"] / row["cholesky_s"]
+  return row
+
+
+def bench_streamed(n, d, c, block, rng):
+  from diva_jax import streaming
+
+  z = np.empty((n, d), np.float32)
+  for s in range(0, n, 65536):  # fill in blocks: no float64 temporary of the whole matrix
+    z[s:s + 65536] = rng.standard_normal((min(65536, n - s), d), dtype=np.float32)
+  y = np.eye(c, dtype=np.float32)[rng.integers(0, c, n)]
+  a = rng.uniform(0.5, 1.5, n).astype(np.float32)
+  reg = float(0.1 * n)
+  start = time.perf_counter()
+  res = streaming.streamed_loo_loss_and_derivative(a, y, z, reg=reg, block_size=block)
+  elapsed = time.perf_counter() - start
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+  flops = 8.0 * n * d * d
+  rate = _matmul_rate(z[: min(n, 65536)])
+  return {"n": n, "d": d, "c": c, "block_size": block, "seconds": elapsed,
+          "loss": res.loss, "feature_matrix_bytes": z.nbytes, "peak_rss_bytes": peak,
+          "peak_over_features": peak / z.nbytes, "matmul_f32_gflops": rate / 1e9,
+          "fraction_of_matmul_rate": flops / elapsed / rate,
+          "finite": bool(np.all(np.isfinite(res.derivative)))}
+
+
+def _write_json(path, obj):
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def main(argv):
+  del argv
+  jax.config.update("jax_enable_x64", True)
+  os.makedirs(FLAGS.workdir, exist_ok=True)
+  rng = np.random.default_rng(FLAGS.seed)
+  out = {"device": str(jax.devices()[0]), "cpu_count": os.cpu_count(),
+         "jax": jax.__version__, "primal": [], "dual": [], "streamed": None}
+  path = os.path.join(FLAGS.workdir, "benchmark.json")
+  for n in [int(s) for s in FLAGS.sizes]:
+    row = bench_primal(n, FLAGS.d, FLAGS.c, FLAGS.repeats, rng)
+    out["primal"].append(row)
+    print(f"primal n={n} d={FLAGS.d} c={FLAGS.c}: sklearn {row['sklearn_f64_s']:.3f}s | ours f64 "
+          f"{row['ours_f64_s']:.3f}s ({row['ours_f64_ratio_to_sklearn']:.2f}x, "
+          f"{row['ours_f64_fraction_of_matmul_rate']:.0%} of matmul) | ours f32 "
+          f"{row['ours_f32_s']:.3f}s ({row['ours_f32_ratio_to_sklearn']:.2f}x, rel err grad "
+          f"{row['f32_rel_err_grad']:.1e}) | autodiff f64 "
+          f"{row.get('autodiff_f64_ratio_to_sklearn', float('nan')):.2f}x | brute force "
+          f"{row['brute_force_s_extrapolated']:.0f}s", flush=True)
+    _write_json(path, out)
+  for n in [int(s) for s in FLAGS.dual_sizes if s]:
+    row = bench_dual(n, FLAGS.c, FLAGS.repeats, rng)
+    out["dual"].append(row)
+    print(f"dual n={n}: cholesky {row['cholesky_s']:.3f}s | value {row['ours_value_s']:.3f}s "
+          f"({row['value_over_cholesky']:.1f}x) | value+grad {row['ours_value_grad_s']:.3f}s "
+          f"({row['value_grad_over_cholesky']:.1f}x)", flush=True)
+    _write_json(path, out)
+  if FLAGS.streamed_n:
+    jax.config.update("jax_enable_x64", False)
+    row = bench_streamed(FLAGS.streamed_n, FLAGS.streamed_d, FLAGS.streamed_c,
+                         FLAGS.streamed_block, rng)
+    out["streamed"] = row
+    print(f"streamed n={row['n']} d={row['d']} c={row['c']} f32: {row['seconds']:.1f}s, peak RSS "
+          f"{row['peak_rss_bytes'] / 2**30:.2f} GiB = {row['peak_over_features']:.2f}x the features, "
+          f"{row['fraction_of_matmul_rate']:.0%} of matmul", flush=True)
+    _write_json(path, out)
+  print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  app.run(main)
