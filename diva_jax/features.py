@@ -16,13 +16,12 @@ import re
 import zipfile
 from typing import Any, Callable, NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from diva_jax import io_utils
 from diva_jax.models.backbone import Backbone
 from diva_jax.models.backbone import check_images
+from diva_jax.models.backbone import forward
 
 CACHE_FORMAT = 1
 ProgressFn = Callable[[int, int], None]
@@ -30,13 +29,6 @@ ProgressFn = Callable[[int, int], None]
 
 class FeatureCacheError(ValueError):
   """A feature cache file is unreadable, corrupt, or was built for another configuration."""
-
-
-def _forward(apply_fn, preprocess, size, params, images):
-  return apply_fn(params, preprocess(images, size)).astype(jnp.float32)
-
-
-_forward_jit = jax.jit(_forward, static_argnums=(0, 1, 2))
 
 
 def extract_features(backbone: Backbone, images: np.ndarray, *, batch_size: int = 64,
@@ -71,7 +63,7 @@ def extract_features(backbone: Backbone, images: np.ndarray, *, batch_size: int 
     if count < batch_size:
       batch = np.concatenate([batch, np.zeros((batch_size - count, *batch.shape[1:]),
                                               batch.dtype)])
-    feats = _forward_jit(backbone.apply_fn, backbone.preprocess, tuple(backbone.input_size),
+    feats = forward(backbone.apply_fn, backbone.preprocess, tuple(backbone.input_size),
                          backbone.params, batch)
     out[start:start + count] = np.asarray(feats)[:count]
     if progress is not None:

@@ -17,6 +17,7 @@ Example with a user's checkpoint::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from typing import Any, Callable
 
@@ -73,6 +74,17 @@ def preprocess_images(images: jax.Array, size: tuple[int, int],
   return (x - jnp.float32(mean)) / jnp.float32(scale)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def forward(apply_fn: Callable, preprocess: Callable, size: tuple[int, int], params: Params,
+            images: jax.Array) -> jax.Array:
+  """Jitted ``apply_fn(params, preprocess(images, size))`` as float32 ``[n, d]``.
+
+  ``apply_fn``, ``preprocess`` and ``size`` are static (hashed by identity/value), so each
+  backbone compiles once per batch shape.
+  """
+  return apply_fn(params, preprocess(images, size)).astype(jnp.float32)
+
+
 def params_checksum(params: Params) -> str:
   """SHA-256 (hex, first 16 digits) over every leaf's path, dtype, shape and bytes."""
   h = hashlib.sha256()
@@ -112,9 +124,13 @@ class Backbone:
     return dataclasses.replace(self, input_size=size)
 
   def features(self, images: jax.Array) -> jax.Array:
-    """uint8 images ``[n, h, w(, c)]`` -> ``[n, feature_dim]`` (not jitted; see features.py)."""
+    """uint8 images ``[n, h, w(, c)]`` -> ``[n, feature_dim]`` float32, in one jitted call.
+
+    For large sets use ``diva_jax.features.extract_features`` (batched, cached).
+    """
     check_images(images)
-    return self.apply_fn(self.params, self.preprocess(images, self.input_size))
+    return forward(self.apply_fn, self.preprocess, tuple(self.input_size), self.params,
+                   images)
 
 
 def from_flax(module: nn.Module, variables: Params, *, name: str,

