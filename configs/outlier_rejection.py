@@ -1,0 +1,64 @@
+r"""Outlier / mislabel rejection: MNIST-5k, EfficientNet-Lite0 features, 20% uniform noise.
+
+Run (the README's main job, about 2 minutes on 2 CPU cores, most of it feature extraction,
+cached for reruns):
+
+  python -m experiments.outlier_rejection --workdir=/tmp/diva/outliers
+
+Variants: `:runlocal` (1,000 train / 300 test images at 64 px, about a minute), `:digits`
+(scikit-learn's 8x8 digits), `:pixels` (raw pixels instead of a backbone).
+
+Expected (default variant; measured 2026-11-28, see README): DIVA detection AUROC ~0.97,
+F1 ~0.8 at eps = 0; test error 9.3% -> ~7% after removing the flagged samples.
+"""
+
+import ml_collections
+
+
+def get_config(arg=None):
+  c = ml_collections.ConfigDict()
+  c.dataset = "mnist5k"          # mnist5k | digits | animal_mnist | any TFDS name
+  c.data_dir = ""                # TFDS data_dir ("" = TFDS default)
+  c.cache_dir = ""               # feature cache ("" = <workdir>/cache)
+  c.max_train = 0                # 0 = all
+  c.max_test = 0
+  c.backbone = "efficientnet_lite0"  # efficientnet_lite0 | pixels
+  c.image_size = 96
+  c.batch_size = 64
+  c.noise_type = "uniform"       # uniform | pairwise | none
+  c.noise_rate = 0.2
+  c.seed = 0
+  c.loss = "mse"                 # mse | ce
+  c.temperature = 0.3            # softmax temperature for 'ce' and for LOO probabilities
+  c.reg = "auto"                 # a number > 0, or 'auto' (minimum of the exact LOO error)
+  c.detection_reg_multiplier = 10.0  # derivative taken at reg x this (1 = at the fit's reg)
+  c.eps = 0.0                    # flag derivative > eps
+  c.reweight_steps = 2
+  c.reweight_lr = 0.2            # largest weight change per step (normalised gradient)
+  c.baselines = True
+  c.cv_logistic = True           # cleanlab on 5-fold CV logistic regression
+  c.logistic_max_iter = 300
+  c.logistic_c = 1.0
+  c.sensitivity_losses = ("mse", "ce")
+  c.sensitivity_reg_multipliers = (0.1, 1.0, 10.0, 100.0)
+  c.plots = True
+
+  if arg == "runlocal":
+    c.max_train, c.max_test, c.image_size = 1000, 300, 64
+    c.logistic_max_iter = 50
+    c.sensitivity_reg_multipliers = (0.1, 1.0, 10.0)
+  elif arg == "digits":
+    c.dataset = "digits"
+  elif arg == "pixels":
+    c.backbone = "pixels"
+  elif arg not in (None, ""):
+    raise ValueError(f"unknown variant {arg!r}: expected runlocal, digits or pixels.")
+  return c
+
+
+def get_hyper(hyper):
+  """Noise rate x loss x reg multiplier."""
+  return hyper.product([
+      hyper.sweep("config.noise_rate", [0.1, 0.2, 0.4]),
+      hyper.sweep("config.loss", ["mse", "ce"]),
+  ])

@@ -1,0 +1,81 @@
+"""Figures a person would rather look at than read (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _plt():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def derivative_histogram(derivative, noisy_mask, title: str):
+  """Histogram of the dataset derivative, clean vs mislabelled (the paper's Fig. 3)."""
+  plt = _plt()
+  d = np.asarray(derivative, np.float64)
+  noisy = np.asarray(noisy_mask, bool)
+  fig, ax = plt.subplots(figsize=(6, 3.6))
+  lo, hi = np.percentile(d, [0.5, 99.5])
+  bins = np.linspace(lo, hi, 60)
+  ax.hist(d[~noisy], bins=bins, alpha=0.65, label=f"clean ({(~noisy).sum()})", color="tab:blue")
+  if noisy.any():
+    ax.hist(d[noisy], bins=bins, alpha=0.65, label=f"mislabelled ({noisy.sum()})",
+            color="tab:red")
+  ax.axvline(0.0, color="k", lw=0.8, ls="--")
+  ax.set_xlabel("dataset derivative dL_loo / da_i  (> 0: the sample hurts)")
+  ax.set_ylabel("samples")
+  ax.set_title(title)
+  ax.legend()
+  fig.tight_layout()
+  return fig
+
+
+def image_grid(images, captions, title: str, ncols: int = 8):
+  """A grid of images with a caption under each."""
+  plt = _plt()
+  n = len(images)
+  nrows = max(1, -(-n // ncols))
+  fig, axes = plt.subplots(nrows, ncols, figsize=(1.5 * ncols, 1.75 * nrows + 0.4))
+  axes = np.atleast_1d(axes).ravel()
+  for ax in axes:
+    ax.axis("off")
+  for ax, im, cap in zip(axes, images, captions):
+    im = np.asarray(im)
+    if im.ndim == 3 and im.shape[-1] == 1:
+      im = im[..., 0]
+    ax.imshow(im, cmap="gray" if im.ndim == 2 else None)
+    ax.set_title(cap, fontsize=7)
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  return fig
+
+
+def extension_curves(budgets, curves: dict, full_pool_error: float | None, core_error: float,
+                     title: str):
+  """Test error vs number of added samples (the paper's Fig. 4)."""
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(6, 3.8))
+  for name, errs in curves.items():
+    ax.plot(budgets, 100 * np.asarray(errs), marker="o", label=name)
+  ax.axhline(100 * core_error, color="gray", ls=":", label="core only")
+  if full_pool_error is not None:
+    ax.axhline(100 * full_pool_error, color="k", ls="--", label="core + whole pool")
+  ax.set_xlabel("samples added from the pool")
+  ax.set_ylabel("test error (%)")
+  ax.set_title(title)
+  ax.legend()
+  fig.tight_layout()
+  return fig
+
+
+def bar_counts(counts: dict, title: str):
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(5, 3))
+  ax.bar(list(counts), list(counts.values()), color="tab:green")
+  ax.set_ylabel("samples picked")
+  ax.set_title(title)
+  fig.tight_layout()
+  return fig
