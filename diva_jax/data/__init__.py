@@ -3,6 +3,7 @@
 Importing this package registers the ``mnist5k``, ``digits`` and ``animal_mnist`` TFDS
 builders.
 """
+from diva_jax.data import glyphs
 from diva_jax.data.builders import AnimalMnist
 from diva_jax.data.builders import Digits
 from diva_jax.data.builders import Mnist5k
@@ -20,7 +21,7 @@ from diva_jax.data.splits import core_pool_split
 from diva_jax.data.splits import stratified_holdout_mask
 
 __all__ = [
-    "AnimalMnist", "CorePoolSplit", "Digits", "LabelledImages", "Mnist5k",
+    "AnimalMnist", "CorePoolSplit", "glyphs", "Digits", "LabelledImages", "Mnist5k",
     "MultiSourceDataset", "NoisyLabels", "class_conditional_label_noise", "core_pool_split",
     "known_datasets", "load", "pairwise_transition", "stratified_holdout_mask",
     "uniform_label_noise", "uniform_transition",
