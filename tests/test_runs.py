@@ -1,0 +1,221 @@
+"""The experiment runs end to end: runlocal variants, workdir files and metric keys, resume
+after kill -9, config mismatch, bad input, sweeps."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import configs.dataset_extension
+import configs.multimodal_aggregation
+import configs.outlier_rejection
+from diva_jax.runs import common
+from diva_jax.runs import dataset_extension
+from diva_jax.runs import hyper
+from diva_jax.runs import multimodal_aggregation
+from diva_jax.runs import outlier_rejection
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def shared_dirs(tmp_path_factory):
+  """One TFDS data_dir and one feature cache for every run in the session."""
+  root = tmp_path_factory.mktemp("shared")
+  return str(root / "tfds"), str(root / "cache")
+
+
+def _local(module, shared_dirs, **overrides):
+  cfg = module.get_config("runlocal")
+  cfg.data_dir, cfg.cache_dir = shared_dirs
+  cfg.plots = True
+  for k, v in overrides.items():
+    setattr(cfg, k, v)
+  return cfg
+
+
+def _read_csv(path):
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+def test_outlier_rejection_runlocal(shared_dirs, tmp_path):
+  cfg = _local(configs.outlier_rejection, shared_dirs, cv_logistic=False,
+               sensitivity_losses=("mse",), sensitivity_reg_multipliers=(1.0, 10.0))
+  m = outlier_rejection.run(cfg, str(tmp_path))
+  for k in ("detection_f1", "detection_auroc", "test_error_before", "test_error_after"):
+    assert isinstance(m[k], float), k
+  assert set(m["baselines"]) == {"cleanlab_exact_loo", "loo_loss_ranking", "random"}
+  for b in m["baselines"].values():
+    assert {"detection_f1", "detection_auroc", "seconds"} <= set(b)
+  # Real features, real noise: the derivative finds the flipped labels, random does not.
+  assert m["detection_auroc"] > 0.9 and m["baselines"]["random"]["detection_auroc"] < 0.6
+  assert m["test_error_after"] < m["test_error_before"]
+  files = set(os.listdir(tmp_path))
+  assert {"config.json", "metrics.json", "per_sample.csv", "derivative_histogram.png",
+          "harmful_helpful.png"} <= files
+  rows = _read_csv(tmp_path / "per_sample.csv")
+  assert len(rows) == 1000
+  assert set(rows[0]) == {"index", "source", "label", "true_label", "noisy", "derivative",
+                          "final_weight", "selected"}
+  assert sum(r["noisy"] == "1" for r in rows) == m["num_noisy"] == 200
+  on_disk = json.loads((tmp_path / "metrics.json").read_text())
+  assert on_disk["detection_auroc"] == pytest.approx(m["detection_auroc"])
+  # Rerun with the same workdir: everything resumes from the stages, same numbers.
+  again = outlier_rejection.run(cfg, str(tmp_path))
+  assert again["detection_f1"] == m["detection_f1"]
+  assert again["test_error_after"] == m["test_error_after"]
+
+
+def test_dataset_extension_runlocal(shared_dirs, tmp_path):
+  cfg = _local(configs.dataset_extension, shared_dirs, budgets=(20, 40, 80), k=20,
+               uniform_repeats=1)
+  m = dataset_extension.run(cfg, str(tmp_path))
+  assert m["budgets"] == [20, 40, 80]
+  assert len(m["diva"]) == len(m["uniform"]) == 3
+  assert isinstance(m["full_pool"], float) and isinstance(m["core_only"], float)
+  # The pool is half mislabelled; DIVA's picks are mostly clean.
+  assert m["diva_picked_noisy_fraction"][-1] < 0.25
+  assert {"metrics.json", "per_sample.csv", "extension_curves.png", "picked.png"} <= set(
+      os.listdir(tmp_path))
+  rows = _read_csv(tmp_path / "per_sample.csv")
+  assert sum(r["selected"] == "1" for r in rows) == m["num_selected"] == 80
+
+
+def test_multimodal_aggregation_runlocal(shared_dirs, tmp_path):
+  cfg = _local(configs.multimodal_aggregation, shared_dirs, max_per_modality=150,
+               glyphs_per_class=10, budget=60)
+  m = multimodal_aggregation.run(cfg, str(tmp_path))
+  for k in ("test_error_core_only", "test_error_all_candidates", "test_error_diva"):
+    assert 0.0 <= m[k] <= 1.0
+  assert set(m["picked_per_modality"]) == {"sklearn_digits", "printed_digits"}
+  assert sum(m["picked_per_modality"].values()) == m["num_picked"] == 60
+  assert {"metrics.json", "per_sample.csv", "picked_per_modality.png"} <= set(
+      os.listdir(tmp_path))
+
+
+def test_multimodal_with_user_embeddings(tmp_path):
+  rng = np.random.default_rng(0)
+  means = rng.normal(size=(3, 6)) * 3
+  def make(m, noise=1.0):
+    y = rng.integers(0, 3, m)
+    return means[y] + rng.normal(size=(m, 6)) * noise, y
+  for name, (f, y) in {"core": make(30), "test": make(200), "text": make(60, 0.3),
+                       "junk": (rng.normal(size=(60, 6)) * 3, rng.integers(0, 3, 60))}.items():
+    np.savez(tmp_path / f"{name}.npz", features=f, labels=y)
+  cfg = configs.multimodal_aggregation.get_config()
+  cfg.core_npz, cfg.test_npz = str(tmp_path / "core.npz"), str(tmp_path / "test.npz")
+  cfg.candidate_npz = (f"text={tmp_path / 'text.npz'}", f"junk={tmp_path / 'junk.npz'}")
+  cfg.budget, cfg.k, cfg.plots = 30, 5, False
+  m = multimodal_aggregation.run(cfg, str(tmp_path / "run"))
+  # Clean prototypes are preferred over random-label junk.
+  assert m["picked_per_modality"]["text"] > m["picked_per_modality"]["junk"]
+  bad = cfg.copy_and_resolve_references()
+  bad.candidate_npz = (str(tmp_path / "text.npz"),)
+  with pytest.raises(ValueError, match="'name=path.npz'"):
+    multimodal_aggregation.run(bad, str(tmp_path / "run2"))
+
+
+def _pixels_config(shared_dirs):
+  cfg = configs.outlier_rejection.get_config("runlocal")
+  cfg.data_dir, cfg.cache_dir = shared_dirs
+  cfg.backbone, cfg.dataset, cfg.max_train, cfg.max_test = "pixels", "digits", 0, 0
+  cfg.cv_logistic = False
+  return cfg
+
+
+def test_workdir_with_a_different_config_is_refused(shared_dirs, tmp_path):
+  cfg = _pixels_config(shared_dirs)
+  cfg.sensitivity_reg_multipliers, cfg.plots = (), False
+  outlier_rejection.run(cfg, str(tmp_path))
+  other = cfg.copy_and_resolve_references()
+  other.noise_rate = 0.3
+  with pytest.raises(common.ConfigMismatchError,
+                     match=r"noise_rate: stored 0.2, new 0.3.*--overwrite"):
+    outlier_rejection.run(other, str(tmp_path))
+  m = outlier_rejection.run(other, str(tmp_path), overwrite=True)
+  assert m["num_noisy"] == round(0.3 * m["n_train"])
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("noise_rate", 1.0, r"noise_rate must be in \[0, 1\), got 1.0"),
+    ("noise_type", "gaussian", "noise_type must be"),
+    ("backbone", "resnet", "unknown backbone 'resnet'"),
+    ("dataset", "no_such_dataset_xyz", "unknown dataset 'no_such_dataset_xyz'"),
+    ("reg", "best", "reg must be a number > 0 or 'auto'"),
+])
+def test_bad_config_values(shared_dirs, tmp_path, field, value, match):
+  cfg = _pixels_config(shared_dirs)
+  setattr(cfg, field, value)
+  with pytest.raises(ValueError, match=match):
+    outlier_rejection.run(cfg, str(tmp_path))
+
+
+def test_extension_budget_larger_than_pool(shared_dirs, tmp_path):
+  cfg = configs.dataset_extension.get_config("pixels")
+  cfg.data_dir, cfg.cache_dir = shared_dirs
+  cfg.dataset, cfg.budgets = "digits", (10, 5000)
+  with pytest.raises(ValueError, match=r"budgets must be in \[1, pool size = 1338\]"):
+    dataset_extension.run(cfg, str(tmp_path))
+
+
+def test_cli_unknown_config_key_is_refused(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.outlier_rejection", f"--workdir={tmp_path}",
+       "--config=configs/outlier_rejection.py:runlocal", "--config.noise_rat=0.1"],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert "noise_rat" in proc.stderr
+  assert not os.path.exists(tmp_path / "metrics.json")
+
+
+def test_killed_run_resumes_to_the_same_results(shared_dirs, tmp_path):
+  """kill -9 in the middle of a run, restart in the same workdir: identical metrics."""
+  args = ["--config=configs/outlier_rejection.py:runlocal", "--config.backbone=pixels",
+          "--config.dataset=digits", "--config.max_train=0", "--config.max_test=0",
+          f"--config.data_dir={shared_dirs[0]}", "--config.cv_logistic=False",
+          "--config.plots=False", "--config.sensitivity_losses=('mse',)",
+          "--config.sensitivity_reg_multipliers=(1.0,)"]
+  run = lambda wd: subprocess.Popen([sys.executable, "-m", "experiments.outlier_rejection",
+                                     f"--workdir={wd}"] + args, cwd=REPO,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  ref = run(tmp_path / "ref")
+  assert ref.wait(timeout=300) == 0, ref.stderr.read().decode()[-2000:]
+
+  wd = tmp_path / "killed"
+  proc = run(wd)
+  stage = wd / "stages" / "derivative.npz"
+  deadline = time.time() + 240
+  while not stage.exists() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  assert stage.exists(), "the run never reached its first stage"
+  killed_mid_run = proc.poll() is None
+  if killed_mid_run:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+  assert not (wd / "metrics.json").exists() or not killed_mid_run
+  again = run(wd)
+  assert again.wait(timeout=300) == 0, again.stderr.read().decode()[-2000:]
+  m_ref = json.loads((tmp_path / "ref" / "metrics.json").read_text())
+  m_new = json.loads((wd / "metrics.json").read_text())
+  strip = lambda m: {k: v for k, v in m.items() if k not in ("seconds", "baselines")}
+  assert strip(m_new) == strip(m_ref)
+  assert {k: {kk: vv for kk, vv in v.items() if kk != "seconds"}
+          for k, v in m_new["baselines"].items()} == {
+              k: {kk: vv for kk, vv in v.items() if kk != "seconds"}
+              for k, v in m_ref["baselines"].items()}
+  assert (wd / "per_sample.csv").read_text() == (tmp_path / "ref" / "per_sample.csv").read_text()
+
+
+def test_get_hyper_expands_to_runs():
+  runs = configs.outlier_rejection.get_hyper(hyper)
+  assert len(runs) == 6
+  assert runs[0] == {"config.noise_rate": 0.1, "config.loss": "mse"}
+  with pytest.raises(ValueError, match="start with 'config.'"):
+    hyper.sweep("noise_rate", [0.1])
