@@ -219,3 +219,34 @@ def test_get_hyper_expands_to_runs():
   assert runs[0] == {"config.noise_rate": 0.1, "config.loss": "mse"}
   with pytest.raises(ValueError, match="start with 'config.'"):
     hyper.sweep("noise_rate", [0.1])
+
+
+def test_sweep_runs_each_point_and_skips_finished_ones(shared_dirs, tmp_path):
+  from diva_jax.runs import sweep
+  cfg_file = tmp_path / "tiny_sweep.py"
+  cfg_file.write_text(
+      "import configs.outlier_rejection as base\n"
+      "def get_config(arg=None):\n"
+      "  c = base.get_config('runlocal')\n"
+      f"  c.backbone, c.dataset, c.data_dir = 'pixels', 'digits', {shared_dirs[0]!r}\n"
+      "  c.max_train, c.max_test, c.cv_logistic, c.plots = 600, 200, False, False\n"
+      "  c.sensitivity_reg_multipliers = ()\n"
+      "  return c\n"
+      "def get_hyper(h):\n"
+      "  return h.sweep('config.noise_rate', [0.1, 0.3])\n")
+  cmds = sweep.commands(str(cfg_file), str(tmp_path / "sw"), binary="experiments.outlier_rejection")
+  assert [c[1][-1] for c in cmds] == ["--config.noise_rate=0.1", "--config.noise_rate=0.3"]
+  pod = sweep.pod_commands(str(cfg_file), str(tmp_path / "sw"), tpu_name="t", zone="z",
+                           binary="experiments.outlier_rejection")
+  assert len(pod) == 2 and all("--worker=all" in p and "--distributed" in p for p in pod)
+  env_cwd = REPO
+  res = sweep.run_local(str(cfg_file), str(tmp_path / "sw"), binary="experiments.outlier_rejection",
+                        cwd=env_cwd)
+  assert [r["returncode"] for r in res] == [0, 0]
+  noisy = [json.loads(open(os.path.join(r["workdir"], "metrics.json")).read())["num_noisy"]
+           for r in res]
+  assert noisy == [60, 180]
+  mtime = os.path.getmtime(os.path.join(res[0]["workdir"], "metrics.json"))
+  sweep.run_local(str(cfg_file), str(tmp_path / "sw"), binary="experiments.outlier_rejection",
+                  cwd=env_cwd)
+  assert os.path.getmtime(os.path.join(res[0]["workdir"], "metrics.json")) == mtime

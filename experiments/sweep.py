@@ -1,0 +1,49 @@
+r"""Sweep launcher: expands a config's get_hyper into runs.
+
+  # one after another on this machine (rerunning skips finished runs):
+  python -m experiments.sweep --config=configs/outlier_rejection.py:runlocal \
+      --workdir=/tmp/diva/sweep
+  # print one command per run for all hosts of a TPU pod slice:
+  python -m experiments.sweep --config=configs/outlier_rejection.py --workdir=/mnt/shared/sweep \
+      --mode=pod --tpu_name=my-tpu --zone=us-central2-b
+"""
+
+import json
+
+from absl import app
+from absl import flags
+
+from diva_jax.runs import common
+from diva_jax.runs import sweep
+
+_CONFIG = flags.DEFINE_string("config", None, "Config file (with get_hyper), optionally :variant.",
+                              required=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory of the runs.", required=True)
+_MODE = flags.DEFINE_enum("mode", "local", ["local", "print", "pod"],
+                          "local: run them here; print: the commands; pod: TPU pod commands.")
+_BINARY = flags.DEFINE_string("binary", None, "Module to run (default experiments.<config name>).")
+_TPU = flags.DEFINE_string("tpu_name", "$TPU_NAME", "TPU VM name for --mode=pod.")
+_ZONE = flags.DEFINE_string("zone", "$ZONE", "TPU zone for --mode=pod.")
+
+
+def main(argv):
+  extra = tuple(argv[1:])
+  try:
+    if _MODE.value == "pod":
+      print("\n".join(sweep.pod_commands(_CONFIG.value, _WORKDIR.value, tpu_name=_TPU.value,
+                                         zone=_ZONE.value, binary=_BINARY.value)))
+    elif _MODE.value == "print":
+      for _, cmd in sweep.commands(_CONFIG.value, _WORKDIR.value, binary=_BINARY.value):
+        print(" ".join(cmd + list(extra)))
+    else:
+      res = sweep.run_local(_CONFIG.value, _WORKDIR.value, binary=_BINARY.value,
+                            extra_args=extra, progress=common.progress_bar("sweep"))
+      print(json.dumps(res, indent=1))
+      if any(r["returncode"] for r in res):
+        raise SystemExit(1)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+
+
+if __name__ == "__main__":
+  app.run(main)
