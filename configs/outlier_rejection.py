@@ -8,8 +8,10 @@ cached for reruns):
 Variants: `:runlocal` (1,000 train / 300 test images at 64 px, about a minute), `:digits`
 (scikit-learn's 8x8 digits), `:pixels` (raw pixels instead of a backbone).
 
-Expected (default variant; measured 2026-11-28, see README): DIVA detection AUROC ~0.97,
-F1 ~0.8 at eps = 0; test error 9.3% -> ~7% after removing the flagged samples.
+Expected (default variant, measured 2026-11-28; see the README's table): DIVA detection
+AUROC 0.994, F1 0.880 at eps = 0 (986 flagged of 4,000, 800 noisy); test error of the ridge
+head 7.40% before, 7.10% after 2 reweighting steps, 5.90% after removing the flagged samples
+(removing exactly the noisy ones: 6.00%). runlocal: AUROC ~0.99, F1 ~0.87.
 """
 
 import ml_collections
@@ -28,7 +30,7 @@ def get_config(arg=None):
   c.noise_type = "uniform"       # uniform | pairwise | none
   c.noise_rate = 0.2
   c.seed = 0
-  c.loss = "mse"                 # mse | ce
+  c.loss = "ce"                  # mse | ce (on softmax(f / temperature))
   c.temperature = 0.3            # softmax temperature for 'ce' and for LOO probabilities
   c.reg = "auto"                 # a number > 0, or 'auto' (minimum of the exact LOO error)
   c.detection_reg_multiplier = 10.0  # derivative taken at reg x this (1 = at the fit's reg)

@@ -16,3 +16,13 @@ from diva_jax.loo import validation_derivative
 from diva_jax.loo import validation_loss
 
 __version__ = "0.1.0"
+
+from diva_jax.curation import auroc
+from diva_jax.curation import detect_detrimental
+from diva_jax.curation import detection_metrics
+from diva_jax.curation import extend
+from diva_jax.curation import group_derivative
+from diva_jax.curation import reweight
+from diva_jax.curation import reweight_groups
+from diva_jax.curation import tune_augmentations
+from diva_jax.streaming import streamed_loo_loss_and_derivative
