@@ -16,6 +16,9 @@ import jax
 import jax.numpy as jnp
 
 from diva_jax import _tree_utils
+from diva_jax._tree_utils import parameter_paths  # noqa: F401  (re-exported)
+from diva_jax._tree_utils import path_excludes  # noqa: F401
+from diva_jax._tree_utils import path_matches  # noqa: F401
 
 PyTree = Any
 

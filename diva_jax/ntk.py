@@ -448,15 +448,16 @@ def _structured(problem: _Problem, x1, x2, block_size, progress):
       y = next_fun(*args, **kwargs)
       if calls[k] is None:
         return y
-      acts.append(jnp.asarray(args[0], y.dtype))
+      h = args[0] if args else kwargs["inputs"]
+      acts.append(jnp.asarray(h, y.dtype))
       return y + next(eps_it).astype(y.dtype)
 
     with nn.intercept_methods(interceptor):
       out = problem.f_sample(tr, x)
     return out, acts
 
-  def _probe_acts(x):
-    # Trace once to get the Dense input shapes and output shapes.
+  def _dense_output_shapes(x):
+    # One abstract trace: shapes of the perturbed Dense outputs.
     shapes = []
 
     def fn(tr):
@@ -477,7 +478,7 @@ def _structured(problem: _Problem, x1, x2, block_size, progress):
     jax.eval_shape(fn, problem.train)
     return shapes
 
-  out_structs = _probe_acts(x1[0])
+  out_structs = _dense_output_shapes(x1[0])
 
   def prep(xb):
     def one(x):
@@ -731,15 +732,18 @@ def projected_jacobian_features(
     layout = problem.layout
     mix = len(layout.traced) > 0 and layout.t > 1
 
+    sizes = [math.prod(l.shape) for l in problem.train]
+    offsets = np.cumsum([0] + sizes)
+    dtype = jnp.result_type(*problem.train)
+
     def direction(j):
-      kj = jax.random.fold_in(key, j)
-      ks, kr = jax.random.split(kj)
-      r = [jax.random.normal(jax.random.fold_in(kr, li), l.shape,
-                             jnp.result_type(l))
-           for li, l in enumerate(problem.train)]
-      s = jax.random.rademacher(ks, (layout.t,), jnp.result_type(
-          problem.train[0]))
-      return r, s
+      # One Gaussian draw per direction j: the parameter-space direction r_j,
+      # then T more whose signs are the Rademacher output mix s_j.
+      g = jax.random.normal(jax.random.fold_in(key, j),
+                            (int(offsets[-1]) + layout.t,), dtype)
+      r = [g[offsets[i]:offsets[i + 1]].reshape(l.shape).astype(
+          jnp.result_type(l)) for i, l in enumerate(problem.train)]
+      return r, jnp.where(g[int(offsets[-1]):] >= 0, 1., -1.).astype(dtype)
 
     def batch_out(tr, xs):
       if problem.per_sample:
