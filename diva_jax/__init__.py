@@ -26,3 +26,14 @@ from diva_jax.curation import reweight
 from diva_jax.curation import reweight_groups
 from diva_jax.curation import tune_augmentations
 from diva_jax.streaming import streamed_loo_loss_and_derivative
+
+from diva_jax.linearize import linearize
+from diva_jax.linearize import parameter_paths
+from diva_jax.linearize import path_excludes
+from diva_jax.linearize import path_matches
+from diva_jax.ntk import empirical_ntk_fn
+from diva_jax.ntk import jacobian_features
+from diva_jax.ntk import projected_jacobian_features
+from diva_jax.sharding import data_mesh
+from diva_jax.sharding import shard_rows
+from diva_jax.sharding import sharded_gram
