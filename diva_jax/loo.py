@@ -44,7 +44,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from diva_jax import _blas
 from diva_jax import _checks
+from diva_jax import _host
 
 __all__ = [
     "loo_predictions",
@@ -102,6 +104,19 @@ def _primal_b(weights, features, reg):
       chol, features, left_side=False, lower=True, transpose_a=True)
 
 
+def _primal_b_fast(weights, features, reg):
+  """`_primal_b` with a symmetric rank-n update and a BLAS triangular solve (CPU: host
+  BLAS, see `diva_jax._blas`). Not for autodiff."""
+  d = features.shape[1]
+  # Valid weights are >= 0 (checked at the boundary); under a user's jit nothing is checked
+  # and e.g. finite differences step below 0: the GEMM branch keeps the function smooth.
+  gram = lax.cond(jnp.all(weights >= 0),
+                  lambda: _blas.gram(features * jnp.sqrt(jnp.maximum(weights, 0.0))[:, None]),
+                  lambda: _blas.matmul((features * weights[:, None]).T, features))
+  chol = jnp.linalg.cholesky(gram + reg * jnp.eye(d, dtype=features.dtype))
+  return _blas.trsm_right_lower_t(chol, features)
+
+
 def _dual_v(weights, kernel, reg):
   """V = L^-1 A^1/2 K with L L^T = reg I + A^1/2 K A^1/2.  [n, n].
 
@@ -111,15 +126,17 @@ def _dual_v(weights, kernel, reg):
   sa = jnp.sqrt(weights)
   m = reg * jnp.eye(n, dtype=kernel.dtype) + sa[:, None] * kernel * sa[None, :]
   chol = jnp.linalg.cholesky(m)
-  return lax.linalg.triangular_solve(
-      chol, sa[:, None] * kernel, left_side=True, lower=True)
+  return _blas.trsm_left_lower(chol, sa[:, None] * kernel)
 
 
 def _dual_s(weights, kernel, reg):
   """S = (K - V^T V) / reg  [n, n] (fast; not for autodiff in weights)."""
-  v = _dual_v(weights, kernel, reg)
-  s = (kernel - _dot(v.T, v)) / reg
-  return 0.5 * (s + s.T)
+  def fast():
+    v = _dual_v(jnp.maximum(weights, 0.0), kernel, reg)
+    return (kernel - _blas.gram(v)) / reg  # gram() returns an exactly symmetric matrix
+  # Negative weights (only possible under a user's jit): the sqrt-free reference form.
+  return lax.cond(jnp.all(weights >= 0), fast,
+                  lambda: _dual_s_reference(weights, kernel, reg))
 
 
 def _dual_s_reference(weights, kernel, reg):
@@ -168,30 +185,74 @@ def _loo_loss_reference(weights, targets, x, reg, mask, temperature, form, loss)
 # --------------------------------------------------------------------------------------
 
 
+def _host_primal(args, form, loss, with_grad, xla_fn):
+  """On the CPU backend in float64, the primal value (and gradient) in one host callback
+  (NumPy and SciPy BLAS, `diva_jax._host`): XLA:CPU's float64 dot runs at about 40% of
+  OpenBLAS's rate here. Its float32 dot is close to OpenBLAS's, and a callback costs a copy
+  of Z, so float32, GPU and TPU (and DIVA_HOST_BLAS=0) run `xla_fn`."""
+  if form != "primal" or not _blas.enabled() or args[2].dtype != jnp.float64:
+    return xla_fn(*args)
+  weights, x = args[0], args[2]
+  value_shape = jax.ShapeDtypeStruct((), x.dtype)
+  shapes = (value_shape, jax.ShapeDtypeStruct(weights.shape, x.dtype)) if with_grad else value_shape
+
+  def host(*a):
+    value, grad = _host.primal_value_and_grad(*a, loss=loss, with_grad=with_grad)
+    return (value, grad) if with_grad else value
+
+  cpu = lambda *a: jax.pure_callback(host, shapes, *a, vmap_method="sequential")
+  return lax.platform_dependent(*args, cpu=cpu, default=xla_fn)
+
+
 def _loo_loss_value(weights, targets, x, reg, mask, temperature, form, loss):
-  ay = weights[:, None] * targets
-  if form == "primal":
-    b = _primal_b(weights, x, reg)
-    fitted = _dot(b, _dot(b.T, ay))
-    s_diag = jnp.sum(b * b, axis=1)
-  else:
-    kernel = _as_kernel(x, form)
-    v = _dual_v(weights, kernel, reg)
-    fitted = (_dot(kernel, ay) - _dot(v.T, _dot(v, ay))) / reg
-    s_diag = (jnp.diagonal(kernel) - jnp.sum(v * v, axis=0)) / reg
-  preds = _loo_from(fitted, s_diag, weights, targets)
-  return _mean_loss(loss, preds, targets, mask, temperature)
+  return _host_primal((weights, targets, x, reg, mask, temperature), form, loss, False,
+                      lambda *a: _loo_loss_value_xla(*a, form, loss))
 
 
 def _loo_value_and_grad(weights, targets, x, reg, mask, temperature, form, loss):
   """(L_loo, dL_loo/da) with the explicit gradient (module docstring)."""
+  return _host_primal((weights, targets, x, reg, mask, temperature), form, loss, True,
+                      lambda *a: _loo_value_and_grad_xla(*a, form, loss))
+
+
+def _loo_loss_value_xla(weights, targets, x, reg, mask, temperature, form, loss):
   ay = weights[:, None] * targets
   if form == "primal":
-    b = _primal_b(weights, x, reg)
+    b = _primal_b_fast(weights, x, reg)
+    fitted = _dot(b, _dot(b.T, ay))
+    s_diag = jnp.sum(b * b, axis=1)
+  else:
+    kernel = _as_kernel(x, form)
+
+    def fast():
+      v = _dual_v(jnp.maximum(weights, 0.0), kernel, reg)
+      return ((_dot(kernel, ay) - _dot(v.T, _dot(v, ay))) / reg,
+              (jnp.diagonal(kernel) - jnp.sum(v * v, axis=0)) / reg)
+
+    def reference():
+      s = _dual_s_reference(weights, kernel, reg)
+      return _dot(s, ay), jnp.diagonal(s)
+
+    fitted, s_diag = lax.cond(jnp.all(weights >= 0), fast, reference)
+  preds = _loo_from(fitted, s_diag, weights, targets)
+  return _mean_loss(loss, preds, targets, mask, temperature)
+
+
+def _loo_value_and_grad_xla(weights, targets, x, reg, mask, temperature, form, loss):
+  ay = weights[:, None] * targets
+  if form == "primal":
+    b = _primal_b_fast(weights, x, reg)
     s_diag = jnp.sum(b * b, axis=1)
     apply_s = lambda v: _dot(b, _dot(b.T, v))
-    # sum_i w_i S_ik^2 = b_k^T (B^T diag(w) B) b_k.
-    apply_s_sq = lambda w: jnp.sum(_dot(b, _dot((b * w[:, None]).T, b)) * b, axis=1)
+
+    def apply_s_sq(w):
+      # sum_i w_i S_ik^2 = b_k^T N b_k with N = B^T diag(w) B. For the squared error
+      # w = a u >= 0, so N is a Gram matrix (a rank-n update, half a GEMM).
+      if loss == "mse":
+        n_mat = _blas.gram(b * jnp.sqrt(jnp.maximum(w, 0.0))[:, None])
+      else:
+        n_mat = _blas.matmul((b * w[:, None]).T, b)
+      return jnp.sum(_blas.matmul(b, n_mat) * b, axis=1)
   else:
     s = _dual_s(weights, _as_kernel(x, form), reg)
     s_diag = jnp.diagonal(s)

@@ -13,7 +13,8 @@ Three passes over the rows (same maths as `diva_jax.loo`, in feature space, all 
            then Q = C M C, v = C Z^T G~
   pass 3:  per block: dL/da_k = <r_k, z_k^T v> + u_k S_kk - z_k^T Q z_k
 
-Cost: four Gram-type products (8 n d^2 flops) + O(d^3); every block has the same shape
+Cost: four Gram-type products (6 n d^2 flops for the squared error, whose two Gram matrices
+are symmetric rank-n updates; 8 n d^2 otherwise) + O(d^3); every block has the same shape
 (the last one is zero-padded with zero weight), so each pass compiles once.
 """
 
@@ -27,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diva_jax import _blas
 from diva_jax import _checks
 from diva_jax import loo as _loo
 
@@ -105,14 +107,21 @@ class StreamedResult(NamedTuple):
 # ----------------------------------------------------------------------------------------
 
 
-@jax.jit
-def _pass1(z, a, y):
-  za = z * a[:, None]
-  return _dot(za.T, z), _dot(za.T, y)
+def _ops(host_blas):
+  """(matmul, gram): host BLAS on one CPU device; XLA dots when rows are sharded."""
+  if host_blas:
+    return _blas.matmul, _blas.gram
+  return _dot, lambda x: _dot(x.T, x)
 
 
-def _pass2(z, a, y, m, c_inv, coef, temperature, denom, loss):
-  p = _dot(z, c_inv)
+def _pass1(z, a, y, host_blas):
+  _, gram = _ops(host_blas)
+  return gram(z * jnp.sqrt(a)[:, None]), _dot((z * a[:, None]).T, y)
+
+
+def _pass2(z, a, y, m, c_inv, coef, temperature, denom, loss, host_blas):
+  matmul, gram = _ops(host_blas)
+  p = matmul(z, c_inv)
   s_diag = jnp.sum(p * z, axis=1)
   fitted = _dot(z, coef)
   h = a * s_diag
@@ -124,18 +133,24 @@ def _pass2(z, a, y, m, c_inv, coef, temperature, denom, loss):
   err = preds - y
   g_tilde = g / omh[:, None]
   u = jnp.sum(g * err, axis=1) / omh
-  zau = z * (a * u)[:, None]
-  return (value / denom, _dot(zau.T, z), _dot(z.T, g_tilde), s_diag, u, y - fitted, preds)
+  w = a * u
+  if loss == "mse":  # w >= 0: a Gram matrix
+    m_b = gram(z * jnp.sqrt(jnp.maximum(w, 0.0))[:, None])
+  else:
+    m_b = matmul((z * w[:, None]).T, z)
+  return (value / denom, m_b, _dot(z.T, g_tilde), s_diag, u, y - fitted, preds)
 
 
-def _pass3(z, resid, s_diag, u, q, v):
+def _pass3(z, resid, s_diag, u, q, v, host_blas):
+  matmul, _ = _ops(host_blas)
   term1 = jnp.sum(resid * _dot(z, v), axis=1)
-  term3 = jnp.sum(_dot(z, q) * z, axis=1)
+  term3 = jnp.sum(matmul(z, q) * z, axis=1)
   return term1 + u * s_diag - term3
 
 
-_pass2_jit = jax.jit(_pass2, static_argnames=("loss",))
-_pass3_jit = jax.jit(_pass3)
+_pass1_jit = jax.jit(_pass1, static_argnames=("host_blas",))
+_pass2_jit = jax.jit(_pass2, static_argnames=("loss", "host_blas"))
+_pass3_jit = jax.jit(_pass3, static_argnames=("host_blas",))
 
 
 @jax.jit
@@ -208,6 +223,8 @@ def streamed_loo_loss_and_derivative(
   block_size = min(block_size, n)
 
   shard = replicate = lambda x: x
+  # Host BLAS only pays in float64 on one CPU device (see diva_jax._blas / loo._host_primal).
+  host_blas = mesh is None and _blas.enabled() and dtype == jnp.float64
   if mesh is not None:
     ndev = mesh.shape[data_axis]
     block_size = -(-block_size // ndev) * ndev
@@ -246,7 +263,7 @@ def streamed_loo_loss_and_derivative(
   zay = jnp.zeros((d, c), dtype)
   for start, stop in _blocks(n, block_size):
     z, a, y, _ = block(start, stop)
-    g_b, zy_b = _pass1(z, a, y)
+    g_b, zy_b = _pass1_jit(z, a, y, host_blas=host_blas)
     gram, zay = gram + g_b, zay + zy_b
     tick(stop, 1)
   c_inv, coef = _solve_stage(gram, zay, jnp.asarray(reg, dtype))
@@ -264,7 +281,7 @@ def streamed_loo_loss_and_derivative(
   for start, stop in _blocks(n, block_size):
     z, a, y, msk = block(start, stop)
     v_b, m_b, g_b, s_b, u_b, r_b, p_b = _pass2_jit(z, a, y, msk, c_inv, coef, temp, denom,
-                                                    loss=loss)
+                                                    loss=loss, host_blas=host_blas)
     value, m_acc, ztg = value + v_b, m_acc + m_b, ztg + g_b
     k = stop - start
     s_all[start:stop] = np.asarray(s_b)[:k]
@@ -284,7 +301,8 @@ def streamed_loo_loss_and_derivative(
     pad_rows = lambda x: np.concatenate([x, np.zeros((pad,) + x.shape[1:], dtype)]) if pad else x
     out = _pass3_jit(z, shard(jnp.asarray(pad_rows(r_all[start:stop]))),
                      shard(jnp.asarray(pad_rows(s_all[start:stop]))),
-                     shard(jnp.asarray(pad_rows(u_all[start:stop]))), q, v)
+                     shard(jnp.asarray(pad_rows(u_all[start:stop]))), q, v,
+                     host_blas=host_blas)
     deriv[start:stop] = np.asarray(out)[:k]
     tick(stop, 3)
   result = StreamedResult(float(value), deriv, preds_all)
