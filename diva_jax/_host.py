@@ -80,10 +80,65 @@ def primal_value_and_grad(weights, targets, features, reg, mask, temperature, lo
     g_tilde = g / one_minus_h[:, None]
     u = np.sum(g * (preds - targets), axis=1) / one_minus_h
     w = weights * u
-    if loss == "mse":  # w >= 0: N = B^T diag(w) B is a Gram matrix
-      n_mat = _syrk(b * np.sqrt(np.maximum(w, 0))[:, None])
-    else:
-      n_mat = (b * w[:, None]).T @ b
     grad = (np.sum(resid * (b @ (b.T @ g_tilde)), axis=1) + u * s_diag
-            - np.sum((b @ n_mat) * b, axis=1))
+            - _quadratic_forms(b, w, psd=(loss == "mse")))
     return value, np.asarray(grad, dtype)
+
+
+def _quadratic_forms(b, w, psd: bool):
+  """b_k^T N b_k for every row k, N = B^T diag(w) B (a Gram matrix when w >= 0)."""
+  if psd:
+    n_mat = _syrk(b * np.sqrt(np.maximum(w, 0))[:, None])
+  else:
+    n_mat = (b * w[:, None]).T @ b
+  return np.sum((b @ n_mat) * b, axis=1)
+
+
+# ----------------------------------------------------------------------------------------
+# The three passes of the streamed primal form (diva_jax.streaming), on host blocks.
+# ----------------------------------------------------------------------------------------
+
+
+def stream_pass1(z, a, y):
+  """(Z_b^T A_b Z_b, Z_b^T A_b Y_b) of one block."""
+  return _syrk(z * np.sqrt(a)[:, None]), (z * a[:, None]).T @ y
+
+
+def stream_solve(gram, zay, reg):
+  """(C = (G + reg I)^-1, W = C Z^T A Y); NaN when the factorisation fails."""
+  d = gram.shape[0]
+  g = gram.copy()
+  g[np.diag_indices(d)] += reg
+  try:
+    chol = np.linalg.cholesky(g)
+  except np.linalg.LinAlgError:
+    return np.full_like(g, np.nan), np.full_like(zay, np.nan)
+  fn = _sblas.dtrsm if g.dtype == np.float64 else _sblas.strsm
+  linv = fn(1.0, chol, np.eye(d, dtype=g.dtype), side=0, lower=1)  # L^-1
+  c_inv = linv.T @ linv
+  return c_inv, c_inv @ zay
+
+
+def stream_pass2(z, a, y, m, c_inv, coef, temperature, denom, loss):
+  """Per-sample quantities of a block and its parts of M = Z^T diag(a u) Z and Z^T G~."""
+  with np.errstate(all="ignore"):
+    s_diag = np.sum((z @ c_inv) * z, axis=1)
+    fitted = z @ coef
+    h = a * s_diag
+    omh = 1.0 - h
+    preds = (fitted - h[:, None] * y) / omh[:, None]
+    per, g = loss_and_grad(loss, preds, y, temperature)
+    value = np.sum(m * per) / denom
+    g = g * (m / denom)[:, None]
+    u = np.sum(g * (preds - y), axis=1) / omh
+    w = a * u
+    if loss == "mse":
+      m_b = _syrk(z * np.sqrt(np.maximum(w, 0))[:, None])
+    else:
+      m_b = (z * w[:, None]).T @ z
+    return value, m_b, z.T @ (g / omh[:, None]), s_diag, u, y - fitted, preds
+
+
+def stream_pass3(z, resid, s_diag, u, q, v):
+  """dL/da of a block: <r_k, z_k^T v> + u_k S_kk - z_k^T Q z_k."""
+  return np.sum(resid * (z @ v), axis=1) + u * s_diag - np.sum((z @ q) * z, axis=1)

@@ -136,27 +136,32 @@ def reweight(weights, targets, *, features=None, kernel=None, reg, steps: int = 
   Returns:
     A `ReweightResult`.
   """
-  if not (isinstance(steps, int) and steps >= 0):
-    raise ValueError(f"steps must be an int >= 0, got {steps!r}.")
-  opt = optimizer if optimizer is not None else normalized_sgd(learning_rate)
-  w = jnp.asarray(weights)
-  state = opt.init(w)
   kw = dict(features=features, kernel=kernel, reg=reg, loss=loss, eval_mask=eval_mask,
             temperature=temperature)
-  losses, derivs = [], []
+  w, losses, derivs = _projected_descent(
+      weights, lambda w: _loo.loo_loss_and_derivative(w, targets, **kw),
+      lambda w: _loo.loo_loss(w, targets, **kw), steps,
+      optimizer if optimizer is not None else normalized_sgd(learning_rate), max_weight)
+  return ReweightResult(w, losses, derivs)
+
+
+def _projected_descent(x0, value_and_grad, value, steps, opt, upper=None):
+  """`steps` optax steps on x >= 0 (<= upper): (x, losses [steps + 1], grads [steps, m])."""
+  if not (isinstance(steps, int) and steps >= 0):
+    raise ValueError(f"steps must be an int >= 0, got {steps!r}.")
+  x = jnp.asarray(x0)
+  state = opt.init(x)
+  losses, grads = [], []
   for _ in range(steps):
-    value, grad = _loo.loo_loss_and_derivative(w, targets, **kw)
-    losses.append(float(value))
-    derivs.append(np.asarray(grad))
-    updates, state = opt.update(grad, state, w)
-    w = optax.apply_updates(w, updates)
-    w = optax.projections.projection_non_negative(w)
-    if max_weight is not None:
-      w = jnp.minimum(w, max_weight)
-  losses.append(float(_loo.loo_loss(w, targets, **kw)))
-  n = np.shape(weights)[0]
-  return ReweightResult(np.asarray(w), np.asarray(losses),
-                        np.asarray(derivs).reshape(len(derivs), n))
+    v, g = value_and_grad(x)
+    losses.append(float(v))
+    grads.append(np.asarray(g))
+    updates, state = opt.update(jnp.asarray(g), state, x)
+    x = optax.projections.projection_non_negative(optax.apply_updates(x, updates))
+    if upper is not None:
+      x = jnp.minimum(x, upper)
+  losses.append(float(value(x)))
+  return np.asarray(x), np.asarray(losses), np.asarray(grads).reshape(len(grads), x.shape[0])
 
 
 # ----------------------------------------------------------------------------------------
@@ -268,22 +273,18 @@ def reweight_groups(groups, targets, *, num_groups: Optional[int] = None, featur
     raise ValueError("groups must be >= 0.")
   g = num_groups or int(groups.max()) + 1
   base = np.ones(n) if base_weights is None else np.asarray(base_weights)
-  opt = optimizer if optimizer is not None else normalized_sgd(learning_rate)
-  b = jnp.ones(g)
-  state = opt.init(b)
   kw = dict(features=features, kernel=kernel, reg=reg, loss=loss, eval_mask=eval_mask,
             temperature=temperature)
-  losses, derivs = [], []
-  for _ in range(steps):
+
+  def value_and_grad(b):
     value, deriv = _loo.loo_loss_and_derivative(np.asarray(b)[groups] * base, targets, **kw)
-    gd = jnp.asarray(group_derivative(np.asarray(deriv) * base, groups, g))
-    losses.append(float(value))
-    derivs.append(np.asarray(gd))
-    updates, state = opt.update(gd, state, b)
-    b = optax.projections.projection_non_negative(optax.apply_updates(b, updates))
-  losses.append(float(_loo.loo_loss(np.asarray(b)[groups] * base, targets, **kw)))
-  return GroupReweightResult(np.asarray(b), np.asarray(losses),
-                             np.asarray(derivs).reshape(len(derivs), g))
+    return value, group_derivative(np.asarray(deriv) * base, groups, g)
+
+  b, losses, derivs = _projected_descent(
+      np.ones(g), value_and_grad, lambda b: _loo.loo_loss(np.asarray(b)[groups] * base,
+                                                          targets, **kw),
+      steps, optimizer if optimizer is not None else normalized_sgd(learning_rate))
+  return GroupReweightResult(b, losses, derivs)
 
 
 def tune_augmentations(features_per_transform, targets, *, reg, steps: int = 1,

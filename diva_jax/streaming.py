@@ -30,6 +30,7 @@ import numpy as np
 
 from diva_jax import _blas
 from diva_jax import _checks
+from diva_jax import _host
 from diva_jax import loo as _loo
 
 __all__ = [
@@ -107,21 +108,17 @@ class StreamedResult(NamedTuple):
 # ----------------------------------------------------------------------------------------
 
 
-def _ops(host_blas):
-  """(matmul, gram): host BLAS on one CPU device; XLA dots when rows are sharded."""
-  if host_blas:
-    return _blas.matmul, _blas.gram
-  return _dot, lambda x: _dot(x.T, x)
+# The XLA passes (GPU, TPU, or rows sharded over a mesh); diva_jax._host has the same
+# passes in NumPy/SciPy BLAS for one CPU device.
 
 
-def _pass1(z, a, y, host_blas):
-  _, gram = _ops(host_blas)
-  return gram(z * jnp.sqrt(a)[:, None]), _dot((z * a[:, None]).T, y)
+def _pass1(z, a, y):
+  za = z * a[:, None]
+  return _dot(za.T, z), _dot(za.T, y)
 
 
-def _pass2(z, a, y, m, c_inv, coef, temperature, denom, loss, host_blas):
-  matmul, gram = _ops(host_blas)
-  p = matmul(z, c_inv)
+def _pass2(z, a, y, m, c_inv, coef, temperature, denom, loss):
+  p = _dot(z, c_inv)
   s_diag = jnp.sum(p * z, axis=1)
   fitted = _dot(z, coef)
   h = a * s_diag
@@ -133,24 +130,19 @@ def _pass2(z, a, y, m, c_inv, coef, temperature, denom, loss, host_blas):
   err = preds - y
   g_tilde = g / omh[:, None]
   u = jnp.sum(g * err, axis=1) / omh
-  w = a * u
-  if loss == "mse":  # w >= 0: a Gram matrix
-    m_b = gram(z * jnp.sqrt(jnp.maximum(w, 0.0))[:, None])
-  else:
-    m_b = matmul((z * w[:, None]).T, z)
-  return (value / denom, m_b, _dot(z.T, g_tilde), s_diag, u, y - fitted, preds)
+  zau = z * (a * u)[:, None]
+  return (value / denom, _dot(zau.T, z), _dot(z.T, g_tilde), s_diag, u, y - fitted, preds)
 
 
-def _pass3(z, resid, s_diag, u, q, v, host_blas):
-  matmul, _ = _ops(host_blas)
+def _pass3(z, resid, s_diag, u, q, v):
   term1 = jnp.sum(resid * _dot(z, v), axis=1)
-  term3 = jnp.sum(matmul(z, q) * z, axis=1)
+  term3 = jnp.sum(_dot(z, q) * z, axis=1)
   return term1 + u * s_diag - term3
 
 
-_pass1_jit = jax.jit(_pass1, static_argnames=("host_blas",))
-_pass2_jit = jax.jit(_pass2, static_argnames=("loss", "host_blas"))
-_pass3_jit = jax.jit(_pass3, static_argnames=("host_blas",))
+_pass1_jit = jax.jit(_pass1)
+_pass2_jit = jax.jit(_pass2, static_argnames=("loss",))
+_pass3_jit = jax.jit(_pass3)
 
 
 @jax.jit
@@ -223,8 +215,11 @@ def streamed_loo_loss_and_derivative(
   block_size = min(block_size, n)
 
   shard = replicate = lambda x: x
-  # Host BLAS only pays in float64 on one CPU device (see diva_jax._blas / loo._host_primal).
-  host_blas = mesh is None and _blas.enabled() and dtype == jnp.float64
+  # On one CPU device the passes run in NumPy/SciPy BLAS directly (diva_jax._host): the
+  # blocks are host arrays already, OpenBLAS is faster than XLA:CPU, and Gram matrices get
+  # symmetric rank-k updates. With a mesh (or DIVA_HOST_BLAS=0) the jitted XLA passes run.
+  host = (mesh is None and _blas.enabled()
+          and jax.devices()[0].platform == "cpu")
   if mesh is not None:
     ndev = mesh.shape[data_axis]
     block_size = -(-block_size // ndev) * ndev
@@ -241,7 +236,8 @@ def streamed_loo_loss_and_derivative(
   temp = replicate(jnp.asarray(temperature, dtype))
 
   def block(start, stop):
-    """Features, weights, targets, mask of rows [start, stop), zero-padded to block_size."""
+    """Features, weights, targets, mask of rows [start, stop), zero-padded to block_size
+    (host arrays on the host path, device arrays otherwise)."""
     z = np.asarray(source.read(start, stop), dtype)
     if z.shape != (stop - start, d):
       raise ValueError(f"source.read({start}, {stop}) returned shape {z.shape}, expected "
@@ -250,6 +246,8 @@ def streamed_loo_loss_and_derivative(
       raise ValueError(f"features rows [{start}, {stop}) contain NaN or Inf.")
     pad = block_size - (stop - start)
     parts = (z, w_all[start:stop], y_all[start:stop], m_all[start:stop])
+    if host:
+      return parts  # no padding needed: nothing is compiled
     if pad:
       parts = tuple(np.concatenate([p, np.zeros((pad,) + p.shape[1:], dtype)]) for p in parts)
     return tuple(shard(jnp.asarray(p)) for p in parts)
@@ -261,12 +259,16 @@ def streamed_loo_loss_and_derivative(
   # Pass 1: Gram-type products.
   gram = jnp.zeros((d, d), dtype)
   zay = jnp.zeros((d, c), dtype)
+  if host:
+    gram, zay = np.zeros((d, d), dtype), np.zeros((d, c), dtype)
   for start, stop in _blocks(n, block_size):
     z, a, y, _ = block(start, stop)
-    g_b, zy_b = _pass1_jit(z, a, y, host_blas=host_blas)
+    g_b, zy_b = (_host.stream_pass1(z, a, y) if host
+                 else _pass1_jit(z, a, y))
     gram, zay = gram + g_b, zay + zy_b
     tick(stop, 1)
-  c_inv, coef = _solve_stage(gram, zay, jnp.asarray(reg, dtype))
+  c_inv, coef = (_host.stream_solve(gram, zay, dtype.type(reg)) if host
+                 else _solve_stage(gram, zay, jnp.asarray(reg, dtype)))
   if not bool(jnp.all(jnp.isfinite(c_inv))):
     _checks.raise_if_nonfinite(np.asarray(c_inv), reg, "streamed factorisation")
 
@@ -275,13 +277,18 @@ def streamed_loo_loss_and_derivative(
   u_all = np.empty(n, dtype)
   r_all = np.empty((n, c), dtype)
   preds_all = np.empty((n, c), dtype) if return_predictions else None
-  m_acc = jnp.zeros((d, d), dtype)
-  ztg = jnp.zeros((d, c), dtype)
-  value = jnp.zeros((), dtype)
+  xp = np if host else jnp
+  m_acc = xp.zeros((d, d), dtype)
+  ztg = xp.zeros((d, c), dtype)
+  value = xp.zeros((), dtype)
   for start, stop in _blocks(n, block_size):
     z, a, y, msk = block(start, stop)
-    v_b, m_b, g_b, s_b, u_b, r_b, p_b = _pass2_jit(z, a, y, msk, c_inv, coef, temp, denom,
-                                                    loss=loss, host_blas=host_blas)
+    if host:
+      v_b, m_b, g_b, s_b, u_b, r_b, p_b = _host.stream_pass2(
+          z, a, y, msk, c_inv, coef, dtype.type(temperature), m_all.sum(), loss)
+    else:
+      v_b, m_b, g_b, s_b, u_b, r_b, p_b = _pass2_jit(z, a, y, msk, c_inv, coef, temp, denom,
+                                                      loss=loss)
     value, m_acc, ztg = value + v_b, m_acc + m_b, ztg + g_b
     k = stop - start
     s_all[start:stop] = np.asarray(s_b)[:k]
@@ -290,19 +297,26 @@ def streamed_loo_loss_and_derivative(
     if preds_all is not None:
       preds_all[start:stop] = np.asarray(p_b)[:k]
     tick(stop, 2)
-  q, v = _grad_stage(c_inv, m_acc, ztg)
+  if host:
+    q, v = c_inv @ m_acc @ c_inv, c_inv @ ztg
+  else:
+    q, v = _grad_stage(c_inv, m_acc, ztg)
 
   # Pass 3: the derivative.
   deriv = np.empty(n, dtype)
   for start, stop in _blocks(n, block_size):
     z = block(start, stop)[0]
     k = stop - start
+    if host:
+      deriv[start:stop] = _host.stream_pass3(z, r_all[start:stop], s_all[start:stop],
+                                             u_all[start:stop], q, v)
+      tick(stop, 3)
+      continue
     pad = block_size - k
     pad_rows = lambda x: np.concatenate([x, np.zeros((pad,) + x.shape[1:], dtype)]) if pad else x
     out = _pass3_jit(z, shard(jnp.asarray(pad_rows(r_all[start:stop]))),
                      shard(jnp.asarray(pad_rows(s_all[start:stop]))),
-                     shard(jnp.asarray(pad_rows(u_all[start:stop]))), q, v,
-                     host_blas=host_blas)
+                     shard(jnp.asarray(pad_rows(u_all[start:stop]))), q, v)
     deriv[start:stop] = np.asarray(out)[:k]
     tick(stop, 3)
   result = StreamedResult(float(value), deriv, preds_all)

@@ -190,7 +190,7 @@ def main(argv):
   out = {"device": str(jax.devices()[0]), "cpu_count": os.cpu_count(),
          "jax": jax.__version__, "primal": [], "dual": [], "streamed": None}
   path = os.path.join(FLAGS.workdir, "benchmark.json")
-  for n in [int(s) for s in FLAGS.sizes]:
+  for n in [int(s) for s in FLAGS.sizes if s]:
     row = bench_primal(n, FLAGS.d, FLAGS.c, FLAGS.repeats, rng)
     out["primal"].append(row)
     print(f"primal n={n} d={FLAGS.d} c={FLAGS.c}: sklearn {row['sklearn_f64_s']:.3f}s | ours f64 "

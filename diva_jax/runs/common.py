@@ -252,18 +252,59 @@ def standardize(train: np.ndarray, *others: np.ndarray):
   return out
 
 
+def jacobian_backbone(config, backbone):
+  """The backbone's Jacobian over a parameter subset, randomly projected to a width.
+
+  Linearising the parameters matching `config.linearize_params` (a regex over paths like
+  'params/head_conv/kernel') around their pretrained values adds, for each sample, the
+  Jacobian of the backbone's features with respect to them: its kernel is the empirical
+  NTK of that subset (traced over the feature outputs, neural-tangents' mean convention).
+  `diva_jax.projected_jacobian_features` computes it by forward-mode products, never
+  materialising the [n, parameters] Jacobian; seeded, so reproducible and cacheable.
+  """
+  import dataclasses
+  import diva_jax
+  if backbone is None:
+    raise ValueError("linearize='last_layer+jacobian' needs a network backbone, not 'pixels'.")
+  fn = diva_jax.projected_jacobian_features(
+      backbone.apply_fn, int(config.jacobian_width), seed=config.seed,
+      trainable=diva_jax.path_matches(config.linearize_params))
+  tag = f"jac[{config.linearize_params}]w{config.jacobian_width}s{config.seed}"
+  return dataclasses.replace(backbone, name=f"{backbone.name}-{tag}",
+                             apply_fn=lambda params, x: fn(x, params),
+                             feature_dim=int(config.jacobian_width))
+
+
 def prepare_features(config, workdir: Workdir):
-  """Train and test FeatureSets of the configured dataset and backbone."""
+  """Train and test FeatureSets of the configured dataset, backbone and linearisation.
+
+  config.linearize: 'last_layer' (frozen penultimate features: the paper's setting), or
+  'last_layer+jacobian' (also linearise the parameters matching config.linearize_params:
+  their projected Jacobian features are appended, each block standardised to the same
+  mean squared norm, so the kernel is the sum of the two).
+  """
+  if config.linearize not in ("last_layer", "last_layer+jacobian"):
+    raise ValueError(f"linearize must be 'last_layer' or 'last_layer+jacobian', got "
+                     f"{config.linearize!r}.")
   cache_dir = config.cache_dir or workdir.file("cache")
   backbone = make_backbone(config)
-  sets = {}
-  raw = {}
+  nets = [backbone]
+  if config.linearize == "last_layer+jacobian":
+    nets.append(jacobian_backbone(config, backbone))
+  sets, blocks = {}, []
   for split, max_n in (("train", config.max_train), ("test", config.max_test)):
     images, labels, names = load_split(config, split, max_n)
-    raw[split] = embed(config, backbone, images, dataset=config.dataset, split=f"{split}{max_n or ''}",
-                       cache_dir=cache_dir)
     sets[split] = (labels, images, names)
-  tr, te = standardize(raw["train"], raw["test"])
+  for net in nets:
+    raw = [embed(config, net, sets[split][1], dataset=config.dataset,
+                 split=f"{split}{max_n or ''}", cache_dir=cache_dir)
+           for split, max_n in (("train", config.max_train), ("test", config.max_test))]
+    blocks.append(standardize(*raw))
+  if len(blocks) == 1:
+    tr, te = blocks[0]
+  else:  # one bias column is enough
+    tr = np.concatenate([blocks[0][0]] + [b[0][:, :-1] for b in blocks[1:]], 1)
+    te = np.concatenate([blocks[0][1]] + [b[1][:, :-1] for b in blocks[1:]], 1)
   return (FeatureSet(tr, *sets["train"]), FeatureSet(te, *sets["test"]))
 
 
