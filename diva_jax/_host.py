@@ -142,3 +142,66 @@ def stream_pass2(z, a, y, m, c_inv, coef, temperature, denom, loss):
 def stream_pass3(z, resid, s_diag, u, q, v):
   """dL/da of a block: <r_k, z_k^T v> + u_k S_kk - z_k^T Q z_k."""
   return np.sum(resid * (z @ v), axis=1) + u * s_diag - np.sum((z @ q) * z, axis=1)
+
+
+# ----------------------------------------------------------------------------------------
+# Dual form (kernel [n, n]), in one host callback: one copy of K in, [n] out.
+# ----------------------------------------------------------------------------------------
+
+
+def dual_value_and_grad(weights, targets, kernel, reg, mask, temperature, loss: str,
+                        with_grad: bool):
+  """(value, gradient [n]) or (value, None) of the dual form, weights >= 0.
+
+  With M = reg I + A^1/2 K A^1/2 = L L^T:
+    * value (a Cholesky and a triangular inverse, ~2/3 n^3 flops): 1 - h_i = reg (M^-1)_ii
+      and Yhat = K beta with beta = A^1/2 M^-1 A^1/2 Y, both exact for zero weights;
+    * gradient: S = (K - V^T V) / reg with V = L^-1 A^1/2 K (one trsm, one syrk).
+  """
+  dtype = kernel.dtype
+  kernel = np.asarray(kernel)
+  weights, targets, mask = (np.asarray(v, dtype) for v in (weights, targets, mask))
+  reg, temperature = dtype.type(reg), dtype.type(temperature)
+  n = kernel.shape[0]
+  nan = (np.full((), np.nan, dtype), np.full(n, np.nan, dtype) if with_grad else None)
+  from scipy.linalg import lapack
+  potrf = lapack.dpotrf if dtype == np.float64 else lapack.spotrf
+  trtri = lapack.dtrtri if dtype == np.float64 else lapack.strtri
+  with np.errstate(all="ignore"):
+    sa = np.sqrt(np.maximum(weights, 0))
+    m = sa[:, None] * kernel * sa[None, :]
+    m[np.diag_indices(n)] += reg
+    chol, info = potrf(m, lower=1, clean=1, overwrite_a=1)
+    if info != 0:
+      return nan
+    ay = sa[:, None] * targets
+    if not with_grad:
+      linv, info = trtri(chol, lower=1)
+      if info != 0:
+        return nan
+      m_inv_diag = np.sum(linv * linv, axis=0)  # (M^-1)_ii = sum_k (L^-1)_ki^2
+      beta = sa[:, None] * (linv.T @ (linv @ ay))
+      fitted = kernel @ beta
+      one_minus_h = reg * m_inv_diag
+      h = 1.0 - one_minus_h
+      s_diag = None
+    else:
+      fn = _sblas.dtrsm if dtype == np.float64 else _sblas.strsm
+      v = fn(1.0, chol, sa[:, None] * kernel, side=0, lower=1)  # L^-1 A^1/2 K
+      s = kernel - _syrk(v)
+      s /= reg
+      s_diag = np.diagonal(s).copy()
+      fitted = s @ (weights[:, None] * targets)
+      h = weights * s_diag
+      one_minus_h = 1.0 - h
+    preds = (fitted - h[:, None] * targets) / one_minus_h[:, None]
+    per, g = loss_and_grad(loss, preds, targets, temperature)
+    denom = mask.sum()
+    value = np.asarray(np.sum(mask * per) / denom, dtype)
+    if not with_grad:
+      return value, None
+    g = g * (mask / denom)[:, None]
+    u = np.sum(g * (preds - targets), axis=1) / one_minus_h
+    grad = (np.sum((targets - fitted) * (s @ (g / one_minus_h[:, None])), axis=1)
+            + u * s_diag - (s * s) @ (weights * u))
+    return value, np.asarray(grad, dtype)

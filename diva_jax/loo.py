@@ -186,21 +186,26 @@ def _loo_loss_reference(weights, targets, x, reg, mask, temperature, form, loss)
 
 
 def _host_primal(args, form, loss, with_grad, xla_fn):
-  """On the CPU backend in float64, the primal value (and gradient) in one host callback
-  (NumPy and SciPy BLAS, `diva_jax._host`): XLA:CPU's float64 dot runs at about 40% of
-  OpenBLAS's rate here. Its float32 dot is close to OpenBLAS's, and a callback costs a copy
-  of Z, so float32, GPU and TPU (and DIVA_HOST_BLAS=0) run `xla_fn`."""
-  if form != "primal" or not _blas.enabled() or args[2].dtype != jnp.float64:
+  """On the CPU backend in float64, the primal or dual value (and gradient) in one host
+  callback (NumPy, SciPy BLAS and LAPACK, `diva_jax._host`): XLA:CPU's float64 dot runs at
+  about 40% of OpenBLAS's rate here. Its float32 dot is close to OpenBLAS's, and a callback
+  costs a copy of its inputs, so float32, GPU and TPU (and DIVA_HOST_BLAS=0) run `xla_fn`."""
+  if form == "gram_dual" or not _blas.enabled() or args[2].dtype != jnp.float64:
     return xla_fn(*args)
   weights, x = args[0], args[2]
+  host_fn = _host.primal_value_and_grad if form == "primal" else _host.dual_value_and_grad
   value_shape = jax.ShapeDtypeStruct((), x.dtype)
   shapes = (value_shape, jax.ShapeDtypeStruct(weights.shape, x.dtype)) if with_grad else value_shape
 
   def host(*a):
-    value, grad = _host.primal_value_and_grad(*a, loss=loss, with_grad=with_grad)
+    value, grad = host_fn(*a, loss=loss, with_grad=with_grad)
     return (value, grad) if with_grad else value
 
   cpu = lambda *a: jax.pure_callback(host, shapes, *a, vmap_method="sequential")
+  if form == "dual":  # the host dual needs weights >= 0 (sqrt); otherwise the XLA form
+    return lax.cond(jnp.all(weights >= 0),
+                    lambda: lax.platform_dependent(*args, cpu=cpu, default=xla_fn),
+                    lambda: xla_fn(*args))
   return lax.platform_dependent(*args, cpu=cpu, default=xla_fn)
 
 

@@ -335,3 +335,25 @@ def test_host_blas_path_equals_xla_path(loss):
       loss)
   np.testing.assert_allclose(hv, xv, rtol=1e-12)
   np.testing.assert_allclose(hg, xg, rtol=1e-9, atol=1e-14)
+
+
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+@pytest.mark.parametrize("with_grad", [False, True])
+def test_host_dual_path_equals_xla_path(loss, with_grad):
+  """The float64 dual form on CPU (diva_jax._host: Cholesky + triangular inverse for the
+  value, trsm + syrk for the gradient) equals the XLA implementation, zero weights included."""
+  from diva_jax import _host
+  z, y, a = _problem(n=30, d=40, c=3, seed=12)
+  if loss == "ce":
+    y = np.eye(3)[np.arange(30) % 3]
+  mask = (np.arange(30) % 4 != 0).astype(np.float64)
+  kern = z @ z.T
+  hv, hg = _host.dual_value_and_grad(a, y, kern, 0.7, mask, 0.5, loss=loss, with_grad=with_grad)
+  args = (jnp.asarray(a), jnp.asarray(y), jnp.asarray(kern), 0.7, jnp.asarray(mask), 0.5)
+  if with_grad:
+    xv, xg = jax.jit(loo._loo_value_and_grad_xla, static_argnums=(6, 7))(*args, "dual", loss)
+    np.testing.assert_allclose(hg, xg, rtol=1e-8, atol=1e-13)
+  else:
+    assert hg is None
+    xv = jax.jit(loo._loo_loss_value_xla, static_argnums=(6, 7))(*args, "dual", loss)
+  np.testing.assert_allclose(hv, xv, rtol=1e-10)
