@@ -14,7 +14,9 @@ streamed primal form at a large n (features in memory, float32) with its peak me
   python -m experiments.benchmark --workdir=/tmp/bench
   python -m experiments.benchmark --workdir=/tmp/bench --sizes=5000,20000 --streamed_n=1000000
 
-Writes <workdir>/benchmark.json (atomically) and prints a table.
+Writes <workdir>/benchmark.json (atomically) and prints a table. The streamed run's peak
+memory is the process's peak RSS: run it alone (--sizes= --dual_sizes=) for a figure that
+only it determines.
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ def bench_primal(n, d, c, repeats, rng):
                           scoring="neg_mean_squared_error").fit(z, y, sample_weight=a)
   row["sklearn_f64_s"] = _median_time(ridge, max(1, repeats - 1))
   sk_loo = ridge().cv_results_[:, :, 0]
-  flops = 7.0 * n * d * d + d ** 3 / 3.0
+  flops = 5.0 * n * d * d + d ** 3 / 3.0  # two syrk, one trsm, one GEMM (loo.py)
 
   ref64 = None
   for dt in (jnp.float64, jnp.float32):
@@ -165,7 +167,7 @@ def bench_streamed(n, d, c, block, rng):
   res = streaming.streamed_loo_loss_and_derivative(a, y, z, reg=reg, block_size=block)
   elapsed = time.perf_counter() - start
   peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-  flops = 8.0 * n * d * d
+  flops = 6.0 * n * d * d  # squared error: two syrk, two GEMM (streaming.py)
   rate = _matmul_rate(z[: min(n, 65536)])
   return {"n": n, "d": d, "c": c, "block_size": block, "seconds": elapsed,
           "loss": res.loss, "feature_matrix_bytes": z.nbytes, "peak_rss_bytes": peak,
