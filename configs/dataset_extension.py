@@ -21,6 +21,9 @@ def get_config(arg=None):
   c.max_train = 0
   c.max_test = 0
   c.backbone = "efficientnet_lite0"  # efficientnet_lite0 | pixels
+  c.linearize = "last_layer"     # last_layer | last_layer+jacobian
+  c.linearize_params = r"^params/head_(conv|bn)/"  # regex over parameter paths (jacobian)
+  c.jacobian_width = 1024        # random projection width of the Jacobian features
   c.image_size = 96
   c.batch_size = 64
   c.seed = 0
@@ -37,10 +40,12 @@ def get_config(arg=None):
   if arg == "runlocal":
     c.max_train, c.max_test, c.image_size = 1000, 300, 64
     c.core_size, c.budgets, c.k, c.uniform_repeats = 50, (25, 50, 100, 200), 10, 2
+  elif arg == "jacobian":  # also linearise the backbone's last 1x1 conv + batch-norm
+    c.linearize = "last_layer+jacobian"
   elif arg == "pixels":
     c.backbone = "pixels"
   elif arg not in (None, ""):
-    raise ValueError(f"unknown variant {arg!r}: expected runlocal or pixels.")
+    raise ValueError(f"unknown variant {arg!r}: expected runlocal, jacobian or pixels.")
   return c
 
 

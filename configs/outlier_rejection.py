@@ -25,6 +25,9 @@ def get_config(arg=None):
   c.max_train = 0                # 0 = all
   c.max_test = 0
   c.backbone = "efficientnet_lite0"  # efficientnet_lite0 | pixels
+  c.linearize = "last_layer"     # last_layer | last_layer+jacobian
+  c.linearize_params = r"^params/head_(conv|bn)/"  # regex over parameter paths (jacobian)
+  c.jacobian_width = 1024        # random projection width of the Jacobian features
   c.image_size = 96
   c.batch_size = 64
   c.noise_type = "uniform"       # uniform | pairwise | none
@@ -51,10 +54,12 @@ def get_config(arg=None):
     c.sensitivity_reg_multipliers = (0.1, 1.0, 10.0)
   elif arg == "digits":
     c.dataset = "digits"
+  elif arg == "jacobian":  # also linearise the backbone's last 1x1 conv + batch-norm
+    c.linearize = "last_layer+jacobian"
   elif arg == "pixels":
     c.backbone = "pixels"
   elif arg not in (None, ""):
-    raise ValueError(f"unknown variant {arg!r}: expected runlocal, digits or pixels.")
+    raise ValueError(f"unknown variant {arg!r}: expected runlocal, digits, jacobian or pixels.")
   return c
 
 
