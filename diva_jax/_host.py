@@ -66,23 +66,32 @@ def primal_value_and_grad(weights, targets, features, reg, mask, temperature, lo
       nan = np.full((), np.nan, dtype)
       return nan, (np.full(weights.shape, np.nan, dtype) if with_grad else None)
     s_diag = np.sum(b * b, axis=1)
-    fitted = b @ (b.T @ (weights[:, None] * targets))
     h = weights * s_diag
-    one_minus_h = 1.0 - h
-    preds = (fitted - h[:, None] * targets) / one_minus_h[:, None]
-    per, g = loss_and_grad(loss, preds, targets, temperature)
-    denom = mask.sum()
-    value = np.asarray(np.sum(mask * per) / denom, dtype)
-    if not with_grad:
-      return value, None
-    g = g * (mask / denom)[:, None]
-    resid = targets - fitted
-    g_tilde = g / one_minus_h[:, None]
-    u = np.sum(g * (preds - targets), axis=1) / one_minus_h
-    w = weights * u
-    grad = (np.sum(resid * (b @ (b.T @ g_tilde)), axis=1) + u * s_diag
-            - _quadratic_forms(b, w, psd=(loss == "mse")))
-    return value, np.asarray(grad, dtype)
+    return _value_and_grad(
+        b @ (b.T @ (weights[:, None] * targets)), h, 1.0 - h, s_diag, weights, targets, mask,
+        temperature, loss, with_grad, apply_s=lambda v: b @ (b.T @ v),
+        apply_s_sq=lambda w: _quadratic_forms(b, w, psd=(loss == "mse")))
+
+
+def _value_and_grad(fitted, h, one_minus_h, s_diag, weights, targets, mask, temperature,
+                    loss, with_grad, apply_s, apply_s_sq):
+  """The LOO loss and its explicit gradient from the hat-matrix quantities of either form.
+
+  apply_s(v) = S v and apply_s_sq(w) = sum_i w_i S_ik^2 (the module docstring of
+  `diva_jax.loo` has the formula).
+  """
+  dtype = fitted.dtype
+  preds = (fitted - h[:, None] * targets) / one_minus_h[:, None]
+  per, g = loss_and_grad(loss, preds, targets, temperature)
+  denom = mask.sum()
+  value = np.asarray(np.sum(mask * per) / denom, dtype)
+  if not with_grad:
+    return value, None
+  g = g * (mask / denom)[:, None]
+  u = np.sum(g * (preds - targets), axis=1) / one_minus_h
+  grad = (np.sum((targets - fitted) * apply_s(g / one_minus_h[:, None]), axis=1)
+          + u * s_diag - apply_s_sq(weights * u))
+  return value, np.asarray(grad, dtype)
 
 
 def _quadratic_forms(b, w, psd: bool):
@@ -194,14 +203,9 @@ def dual_value_and_grad(weights, targets, kernel, reg, mask, temperature, loss: 
       fitted = s @ (weights[:, None] * targets)
       h = weights * s_diag
       one_minus_h = 1.0 - h
-    preds = (fitted - h[:, None] * targets) / one_minus_h[:, None]
-    per, g = loss_and_grad(loss, preds, targets, temperature)
-    denom = mask.sum()
-    value = np.asarray(np.sum(mask * per) / denom, dtype)
     if not with_grad:
-      return value, None
-    g = g * (mask / denom)[:, None]
-    u = np.sum(g * (preds - targets), axis=1) / one_minus_h
-    grad = (np.sum((targets - fitted) * (s @ (g / one_minus_h[:, None])), axis=1)
-            + u * s_diag - (s * s) @ (weights * u))
-    return value, np.asarray(grad, dtype)
+      return _value_and_grad(fitted, h, one_minus_h, None, weights, targets, mask,
+                             temperature, loss, False, None, None)
+    return _value_and_grad(fitted, h, one_minus_h, s_diag, weights, targets, mask,
+                           temperature, loss, True, apply_s=lambda g: s @ g,
+                           apply_s_sq=lambda w: (s * s) @ w)
