@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.linalg import blas as _sblas
+from scipy.linalg import lapack as _lapack
 
 
 def _syrk(x):
@@ -41,36 +42,134 @@ def loss_and_grad(loss, preds, targets, temperature):
   return per, grad
 
 
-def primal_b(weights, features, reg):
-  """B = Z L^-T with L L^T = Z^T A Z + reg I."""
+def _blas_fns(dtype):
+  """(syrk, trsm, trmm, potrf) of SciPy's BLAS/LAPACK for float32 or float64."""
+  p = "d" if dtype == np.float64 else "s"
+  return (getattr(_sblas, p + "syrk"), getattr(_sblas, p + "trsm"), getattr(_sblas, p + "trmm"),
+          getattr(_lapack, p + "potrf"))
+
+
+def block_rows(d: int, itemsize: int) -> int:
+  """Rows per block of the blocked host passes: ~8 MiB of [rows, d], so that temporaries
+  stay below glibc's mmap threshold (heap-reused, no fresh page faults per call)."""
+  return max(64, (8 << 20) // max(1, d * itemsize))
+
+
+def gram_upper(x, scale=None, block=None, out=None, alpha=1.0):
+  """Upper triangle of X^T diag(scale^2) X (+ out), by ?syrk over row blocks of C-ordered X
+  [n, d], Fortran-ordered [d, d] (the lower triangle is not referenced). The scaled rows go
+  through one reused block buffer: no scaled copy of the whole X is made."""
+  n, d = x.shape
+  syrk = _blas_fns(x.dtype)[0]
+  block = min(n, block or block_rows(d, x.dtype.itemsize))
+  c = np.zeros((d, d), x.dtype, order="F") if out is None else out
+  buf = None if scale is None else np.empty((block, d), x.dtype)
+  for s in range(0, n, block):
+    xb = x[s:s + block]
+    if scale is not None:
+      xb = np.multiply(xb, scale[s:s + block, None], out=buf[:xb.shape[0]])
+    # syrk on the Fortran-ordered xb^T ([d, k], no copy) with trans=0: xb^T xb.
+    c = syrk(alpha, xb.T, beta=1.0, c=c, trans=0, lower=0, overwrite_c=1)
+  return c
+
+
+def signed_gram_upper_t(bt, w, block=None):
+  """Upper triangle of B^T diag(w) B for B^T = bt [d, n] (Fortran-ordered) and any real w:
+  symmetric rank-k updates over the columns with w > 0 (alpha 1) and with w < 0 (alpha -1),
+  half a GEMM's flops in all where the product B^T (diag(w) B) is a full GEMM."""
+  d, n = bt.shape
+  syrk = _blas_fns(bt.dtype)[0]
+  block = min(n, block or block_rows(d, bt.dtype.itemsize))
+  root = np.sqrt(np.abs(w))
+  # Columns with w > 0 first, then w < 0 (w = 0 columns contribute nothing and are dropped).
+  order = np.argsort(np.where(w > 0, 0, np.where(w < 0, 1, 2)), kind="stable")
+  n_pos, n_nz = int(np.sum(w > 0)), int(np.sum(w != 0))
+  identity = n_pos == n
+  c = np.zeros((d, d), bt.dtype, order="F")
+  buf = np.empty((block, d), bt.dtype).T  # a Fortran-ordered [d, block] view
+  for s in range(0, n_nz, block):
+    e = min(s + block, n_nz)
+    cols = slice(s, e) if identity else order[s:e]
+    blk = buf[:, :e - s]
+    if identity:
+      np.multiply(bt[:, cols], root[None, cols], out=blk)
+    else:
+      np.take(bt, cols, axis=1, out=blk)
+      blk *= root[None, cols]
+    split = min(max(n_pos - s, 0), e - s)  # columns [0, split) have w > 0
+    if split:
+      c = syrk(1.0, blk[:, :split], beta=1.0, c=c, trans=0, lower=0, overwrite_c=1)
+    if split < e - s:
+      c = syrk(-1.0, blk[:, split:], beta=1.0, c=c, trans=0, lower=0, overwrite_c=1)
+  return c
+
+
+def quadratic_forms_t(bt, upper, block=None):
+  """x_k^T N x_k for every column x_k of bt [d, n], N symmetric given by its upper triangle
+  (Fortran-ordered; overwritten).
+
+  x^T N x = 2 x^T V x with V the upper triangle of N and its diagonal halved, so a
+  triangular product (?trmm, half a GEMM's flops) replaces the GEMM X N. Rounding: of the
+  order of eps sum_jk |x_j| |N_jk| |x_k|, as for the GEMM.
+  """
+  d, n = bt.shape
+  trmm = _blas_fns(bt.dtype)[2]
+  block = block or block_rows(d, bt.dtype.itemsize)
+  upper[np.diag_indices(d)] *= 0.5
+  out = np.empty(n, bt.dtype)
+  for s in range(0, n, block):
+    xb = bt[:, s:s + block]
+    t = trmm(2.0, upper, xb, side=0, lower=0, trans_a=1)  # 2 V^T X_b  [d, k]
+    out[s:s + block] = np.einsum("jk,jk->k", t, xb)
+  return out
+
+
+def primal_factor(weights, features, reg):
+  """(U, B^T): upper Cholesky factor U^T U = Z^T A Z + reg I [d, d], and B^T = U^-T Z^T
+  [d, n] (Fortran-ordered), so that the hat matrix is S = B B^T. None when the
+  factorisation fails."""
+  syrk, trsm, _, potrf = _blas_fns(features.dtype)
   d = features.shape[1]
   if np.all(weights >= 0):
-    gram = _syrk(features * np.sqrt(weights)[:, None].astype(features.dtype))
+    gram = gram_upper(features, np.sqrt(weights))
   else:  # only reachable under a user's jit (no boundary checks there)
-    gram = (features * weights[:, None]).T @ features
+    gram = np.asfortranarray((features * weights[:, None]).T @ features)
   gram[np.diag_indices(d)] += reg
-  chol = np.linalg.cholesky(gram)
-  return _trsm_right_lower_t(chol, features)
+  chol, info = potrf(gram, lower=0, clean=1, overwrite_a=1)
+  if info != 0:
+    return None
+  # B^T = U^-T Z^T: Z^T of a C-ordered Z is Fortran-ordered, so trsm copies it once.
+  return chol, trsm(1.0, chol, features.T, side=0, lower=0, trans_a=1)
 
 
 def primal_value_and_grad(weights, targets, features, reg, mask, temperature, loss: str,
                           with_grad: bool):
-  """(value, gradient [n]) or (value, None); the arguments as in `diva_jax.loo`."""
-  dtype = features.dtype
+  """(value, gradient [n]) or (value, None); the arguments as in `diva_jax.loo`.
+
+  ~4 n d^2 flops for value and gradient, all in symmetric or triangular BLAS: Z^T A Z
+  (syrk), B = Z L^-T (trsm), N = B^T diag(a u) B (syrk over each sign) and b_k^T N b_k
+  (trmm on N's triangle). The value alone is the first two (~2 n d^2).
+  """
+  z = np.asarray(features)
+  dtype = z.dtype
+  n = z.shape[0]
+  trsm = _blas_fns(dtype)[1]
   weights, targets, mask = (np.asarray(v, dtype) for v in (weights, targets, mask))
   reg, temperature = dtype.type(reg), dtype.type(temperature)
   with np.errstate(all="ignore"):  # a failed factorisation surfaces as NaN, checked later
-    try:
-      b = primal_b(weights, np.asarray(features), reg)
-    except np.linalg.LinAlgError:
+    factor = primal_factor(weights, z, reg)
+    if factor is None:
       nan = np.full((), np.nan, dtype)
-      return nan, (np.full(weights.shape, np.nan, dtype) if with_grad else None)
-    s_diag = np.sum(b * b, axis=1)
+      return nan, (np.full(n, np.nan, dtype) if with_grad else None)
+    chol, bt = factor
+    coef = trsm(1.0, chol, z.T @ (weights[:, None] * targets), side=0, lower=0, trans_a=1)
+    s_diag = np.einsum("jk,jk->k", bt, bt)  # S_kk = ||b_k||^2
+    fitted = bt.T @ coef  # S A Y = B (B^T A Y)
     h = weights * s_diag
     return _value_and_grad(
-        b @ (b.T @ (weights[:, None] * targets)), h, 1.0 - h, s_diag, weights, targets, mask,
-        temperature, loss, with_grad, apply_s=lambda v: b @ (b.T @ v),
-        apply_s_sq=lambda w: _quadratic_forms(b, w, psd=(loss == "mse")))
+        fitted, h, 1.0 - h, s_diag, weights, targets, mask, temperature, loss, with_grad,
+        apply_s=lambda v: bt.T @ (bt @ v),
+        apply_s_sq=lambda w: quadratic_forms_t(bt, signed_gram_upper_t(bt, w)))
 
 
 def _value_and_grad(fitted, h, one_minus_h, s_diag, weights, targets, mask, temperature,
@@ -92,15 +191,6 @@ def _value_and_grad(fitted, h, one_minus_h, s_diag, weights, targets, mask, temp
   grad = (np.sum((targets - fitted) * apply_s(g / one_minus_h[:, None]), axis=1)
           + u * s_diag - apply_s_sq(weights * u))
   return value, np.asarray(grad, dtype)
-
-
-def _quadratic_forms(b, w, psd: bool):
-  """b_k^T N b_k for every row k, N = B^T diag(w) B (a Gram matrix when w >= 0)."""
-  if psd:
-    n_mat = _syrk(b * np.sqrt(np.maximum(w, 0))[:, None])
-  else:
-    n_mat = (b * w[:, None]).T @ b
-  return np.sum((b @ n_mat) * b, axis=1)
 
 
 # ----------------------------------------------------------------------------------------

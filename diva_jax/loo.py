@@ -27,16 +27,20 @@ and u_i = <g_i, e_i> / (1 - h_i):
 
 Primal implementation, never forming an n x n matrix: with the Cholesky factor
 L L^T = Z^T A Z + reg I and B = Z L^-T [n, d], S = B B^T, so S_kk = ||b_k||^2,
-S v = B (B^T v) and sum_i w_i S_ik^2 = b_k^T (B^T diag(w) B) b_k. Value and gradient cost
-about 7 n d^2 + d^3 / 3 flops (one Gram product is 2 n d^2).
+S v = B (B^T v) and sum_i w_i S_ik^2 = b_k^T N b_k with N = B^T diag(w) B [d, d]. On the
+CPU every product is symmetric or triangular (`diva_jax._host`): Z^T A Z and N by ?syrk
+(N over the samples of each sign of w), B by ?trsm, and b_k^T N b_k = 2 b_k^T V b_k with V
+N's upper triangle, diagonal halved, by ?trmm; value and gradient cost ~4 n d^2 + d^3 / 3
+flops (the value alone ~2 n d^2), where one general product Z^T W is 2 n d^2. The XLA
+version (GPU, TPU) has no triangular product and spends ~5 n d^2.
 
 Dual implementation: M = reg I + A^1/2 K A^1/2 = L L^T, V = L^-1 A^1/2 K [n, n] and
 S = (K - V^T V) / reg. The value needs a Cholesky and a triangular inverse
 (1 - h_i = reg (M^-1)_ii, Yhat = K A^1/2 M^-1 A^1/2 Y); the gradient forms S.
 
-On the CPU backend in float64 both forms run in one host callback with SciPy's BLAS and
-LAPACK (`diva_jax._host`; XLA:CPU's float64 GEMM is 2-3x slower than OpenBLAS), tested equal
-to the XLA code that GPU and TPU run. The reference closed form, which autodiff goes
+On the CPU backend (float32 and float64) both forms run in one host callback with SciPy's
+BLAS and LAPACK (`diva_jax._host`; XLA:CPU's float64 GEMM is 2-3x slower than OpenBLAS, and
+XLA has no ?syrk or ?trmm), tested equal to the XLA code that GPU and TPU run. The reference closed form, which autodiff goes
 through, is always plain JAX.
 """
 
@@ -191,11 +195,13 @@ def _loo_loss_reference(weights, targets, x, reg, mask, temperature, form, loss)
 
 
 def _host_or_xla(args, form, loss, with_grad, xla_fn):
-  """On the CPU backend in float64, the primal or dual value (and gradient) in one host
-  callback (NumPy, SciPy BLAS and LAPACK, `diva_jax._host`): XLA:CPU's float64 dot runs at
-  about 40% of OpenBLAS's rate here. Its float32 dot is close to OpenBLAS's, and a callback
-  costs a copy of its inputs, so float32, GPU and TPU (and DIVA_HOST_BLAS=0) run `xla_fn`."""
-  if form == "gram_dual" or not _blas.enabled() or args[2].dtype != jnp.float64:
+  """On the CPU backend (float32 or float64), the primal or dual value (and gradient) in one
+  host callback (NumPy, SciPy BLAS and LAPACK, `diva_jax._host`): XLA:CPU's float64 dot runs
+  at about 40% of OpenBLAS's rate here, XLA has no symmetric rank-k update or triangular
+  product, and one callback copies its inputs once. GPU and TPU (and DIVA_HOST_BLAS=0) run
+  `xla_fn`."""
+  if (form == "gram_dual" or not _blas.enabled()
+      or args[2].dtype not in (jnp.float32, jnp.float64)):
     return xla_fn(*args)
   weights, x = args[0], args[2]
   host_fn = _host.primal_value_and_grad if form == "primal" else _host.dual_value_and_grad
@@ -256,10 +262,13 @@ def _loo_value_and_grad_xla(weights, targets, x, reg, mask, temperature, form, l
     apply_s = lambda v: _dot(b, _dot(b.T, v))
 
     def apply_s_sq(w):
-      # sum_i w_i S_ik^2 = b_k^T N b_k with N = B^T diag(w) B. For the squared error
-      # w = a u >= 0, so N is a Gram matrix (a rank-n update, half a GEMM).
+      # sum_i w_i S_ik^2 = b_k^T N b_k with N = B^T diag(w) B. For the squared error and
+      # weights >= 0, w = a u >= 0 and N is a Gram matrix (a rank-n update, half a GEMM);
+      # negative weights (only under a user's jit) take the GEMM.
       if loss == "mse":
-        n_mat = _blas.gram(b * jnp.sqrt(jnp.maximum(w, 0.0))[:, None])
+        n_mat = lax.cond(jnp.all(w >= 0),
+                         lambda: _blas.gram(b * jnp.sqrt(jnp.maximum(w, 0.0))[:, None]),
+                         lambda: _blas.matmul((b * w[:, None]).T, b))
       else:
         n_mat = _blas.matmul((b * w[:, None]).T, b)
       return jnp.sum(_blas.matmul(b, n_mat) * b, axis=1)
