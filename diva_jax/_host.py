@@ -22,12 +22,6 @@ def _syrk(x):
   return np.triu(upper) + np.triu(upper, 1).T
 
 
-def _trsm_right_lower_t(chol, z):
-  """Z L^-T for lower-triangular L."""
-  fn = _sblas.dtrsm if z.dtype == np.float64 else _sblas.strsm
-  return np.ascontiguousarray(fn(1.0, chol, z.T, side=0, lower=1, trans_a=0, diag=0).T)
-
-
 def loss_and_grad(loss, preds, targets, temperature):
   """Per-sample loss [n] and its gradient in the prediction [n, c]."""
   if loss == "mse":
@@ -49,64 +43,103 @@ def _blas_fns(dtype):
           getattr(_lapack, p + "potrf"))
 
 
-def block_rows(d: int, itemsize: int) -> int:
-  """Rows per block of the blocked host passes: ~8 MiB of [rows, d], so that temporaries
-  stay below glibc's mmap threshold (heap-reused, no fresh page faults per call)."""
-  return max(64, (8 << 20) // max(1, d * itemsize))
+def block_rows(d: int, itemsize: int, mib: int = 64) -> int:
+  """Rows per block of the blocked host passes: about `mib` MiB of [rows, d]. ?syrk's rate
+  grows with the rows per update (measured for d = 1024, float32: 82 Gflop/s at 2,048 rows,
+  108 at 32,768), so the rank-k updates take large blocks; ?trmm's rate is flat and takes
+  small ones (less memory traffic for the products that follow)."""
+  return max(64, (mib << 20) // max(1, d * itemsize))
 
 
-def gram_upper(x, scale=None, block=None, out=None, alpha=1.0):
-  """Upper triangle of X^T diag(scale^2) X (+ out), by ?syrk over row blocks of C-ordered X
-  [n, d], Fortran-ordered [d, d] (the lower triangle is not referenced). The scaled rows go
-  through one reused block buffer: no scaled copy of the whole X is made."""
+def syrk_upper(x, c, alpha=1.0, panels=None):
+  """c += alpha X^T X on (at least) the upper triangle, for C-ordered X [k, d] (or any view
+  with unit stride along d) and c [d, d].
+
+  A symmetric rank-k update split into `panels` column panels: the diagonal blocks by
+  ?syrk, the blocks right of them by GEMM (NumPy's matmul, no copies of the panels). Half a
+  GEMM's flops, like one ?syrk, but OpenBLAS's ?syrk runs well below its GEMM rate here;
+  measured on 2 cores for [32768, 1024] float32: 77 Gflop/s (equivalent) for one ?syrk,
+  103 with 4 panels; [5000, 1280] float64: 42 vs 56."""
+  k, d = x.shape
+  if panels is None:
+    panels = 4 if d >= 512 else 1
+  if panels == 1:
+    syrk = _blas_fns(x.dtype)[0]
+    if x.T.flags.f_contiguous and c.flags.f_contiguous:
+      return syrk(alpha, x.T, beta=1.0, c=c, trans=0, lower=0, overwrite_c=1)
+    c += alpha * (x.T @ x)
+    return c
+  edges = np.linspace(0, d, panels + 1).astype(int)
+  for i0, i1 in zip(edges[:-1], edges[1:]):
+    xi = x[:, i0:i1]
+    c[i0:i1, i0:i1] += alpha * (xi.T @ xi)  # NumPy calls ?syrk for a product X^T X
+    if i1 < d:
+      c[i0:i1, i1:] += alpha * (xi.T @ x[:, i1:])
+  return c
+
+
+def gram_upper(x, scale=None, out=None, buf=None, alpha=1.0):
+  """Upper triangle of X^T diag(scale^2) X (+ out), by `syrk_upper` over row blocks of
+  C-ordered X [n, d], Fortran-ordered [d, d] (the lower triangle is not to be read). The
+  scaled rows go through one block buffer (`buf`, C-ordered [rows, d], or a new one of
+  ~64 MiB): no scaled copy of the whole X is made."""
   n, d = x.shape
-  syrk = _blas_fns(x.dtype)[0]
-  block = min(n, block or block_rows(d, x.dtype.itemsize))
+  if scale is not None and buf is None:
+    buf = np.empty((min(n, block_rows(d, x.dtype.itemsize)), d), x.dtype)
+  block = n if buf is None else buf.shape[0]
   c = np.zeros((d, d), x.dtype, order="F") if out is None else out
-  buf = None if scale is None else np.empty((block, d), x.dtype)
   for s in range(0, n, block):
     xb = x[s:s + block]
     if scale is not None:
       xb = np.multiply(xb, scale[s:s + block, None], out=buf[:xb.shape[0]])
-    # syrk on the Fortran-ordered xb^T ([d, k], no copy) with trans=0: xb^T xb.
-    c = syrk(alpha, xb.T, beta=1.0, c=c, trans=0, lower=0, overwrite_c=1)
+    c = syrk_upper(xb, c, alpha)
   return c
 
 
-def signed_gram_upper_t(bt, w, block=None):
+def signed_gram_upper_t(bt, w, out=None, buf=None):
   """Upper triangle of B^T diag(w) B for B^T = bt [d, n] (Fortran-ordered) and any real w:
-  symmetric rank-k updates over the columns with w > 0 (alpha 1) and with w < 0 (alpha -1),
-  half a GEMM's flops in all where the product B^T (diag(w) B) is a full GEMM."""
+  symmetric rank-k updates (`syrk_upper`) over the columns with w > 0 (alpha 1) and with
+  w < 0 (alpha -1), half a GEMM's flops in all where the product B^T (diag(w) B) is a full
+  GEMM. Accumulates into `out` (Fortran-ordered) when given; `buf` is a C-ordered [rows, d]
+  scratch (default: a new one of ~64 MiB)."""
   d, n = bt.shape
-  syrk = _blas_fns(bt.dtype)[0]
-  block = min(n, block or block_rows(d, bt.dtype.itemsize))
+  if buf is None:
+    buf = np.empty((min(n, block_rows(d, bt.dtype.itemsize)), d), bt.dtype)
+  block = buf.shape[0]
+  b = bt.T  # C-ordered [n, d]
   root = np.sqrt(np.abs(w))
-  # Columns with w > 0 first, then w < 0 (w = 0 columns contribute nothing and are dropped).
+  # Rows with w > 0 first, then w < 0 (w = 0 rows contribute nothing and are dropped).
   order = np.argsort(np.where(w > 0, 0, np.where(w < 0, 1, 2)), kind="stable")
   n_pos, n_nz = int(np.sum(w > 0)), int(np.sum(w != 0))
   identity = n_pos == n
-  c = np.zeros((d, d), bt.dtype, order="F")
-  buf = np.empty((block, d), bt.dtype).T  # a Fortran-ordered [d, block] view
+  c = np.zeros((d, d), bt.dtype, order="F") if out is None else out
   for s in range(0, n_nz, block):
     e = min(s + block, n_nz)
-    cols = slice(s, e) if identity else order[s:e]
-    blk = buf[:, :e - s]
+    rows = slice(s, e) if identity else order[s:e]
+    blk = buf[:e - s]
     if identity:
-      np.multiply(bt[:, cols], root[None, cols], out=blk)
+      np.multiply(b[rows], root[rows, None], out=blk)
     else:
-      np.take(bt, cols, axis=1, out=blk)
-      blk *= root[None, cols]
-    split = min(max(n_pos - s, 0), e - s)  # columns [0, split) have w > 0
+      np.take(b, rows, axis=0, out=blk)
+      blk *= root[rows, None]
+    split = min(max(n_pos - s, 0), e - s)  # rows [0, split) have w > 0
     if split:
-      c = syrk(1.0, blk[:, :split], beta=1.0, c=c, trans=0, lower=0, overwrite_c=1)
+      c = syrk_upper(blk[:split], c, 1.0)
     if split < e - s:
-      c = syrk(-1.0, blk[:, split:], beta=1.0, c=c, trans=0, lower=0, overwrite_c=1)
+      c = syrk_upper(blk[split:], c, -1.0)
   return c
 
 
-def quadratic_forms_t(bt, upper, block=None):
+def halve_diagonal(upper):
+  """V = upper triangle of N with its diagonal halved (a copy), for `quadratic_forms_t`."""
+  v = np.array(upper, order="F")
+  v[np.diag_indices(v.shape[0])] *= 0.5
+  return v
+
+
+def quadratic_forms_t(bt, upper, block=None, halved=False):
   """x_k^T N x_k for every column x_k of bt [d, n], N symmetric given by its upper triangle
-  (Fortran-ordered; overwritten).
+  (Fortran-ordered; overwritten unless `halved`, which says it is `halve_diagonal(N)`).
 
   x^T N x = 2 x^T V x with V the upper triangle of N and its diagonal halved, so a
   triangular product (?trmm, half a GEMM's flops) replaces the GEMM X N. Rounding: of the
@@ -114,8 +147,9 @@ def quadratic_forms_t(bt, upper, block=None):
   """
   d, n = bt.shape
   trmm = _blas_fns(bt.dtype)[2]
-  block = block or block_rows(d, bt.dtype.itemsize)
-  upper[np.diag_indices(d)] *= 0.5
+  block = block or block_rows(d, bt.dtype.itemsize, mib=8)
+  if not halved:
+    upper[np.diag_indices(d)] *= 0.5
   out = np.empty(n, bt.dtype)
   for s in range(0, n, block):
     xb = bt[:, s:s + block]
@@ -198,49 +232,82 @@ def _value_and_grad(fitted, h, one_minus_h, s_diag, weights, targets, mask, temp
 # ----------------------------------------------------------------------------------------
 
 
-def stream_pass1(z, a, y):
-  """(Z_b^T A_b Z_b, Z_b^T A_b Y_b) of one block."""
-  return _syrk(z * np.sqrt(a)[:, None]), (z * a[:, None]).T @ y
+def stream_pass1(z, a, y, gram, zay, buf=None):
+  """Adds a block's Z_b^T A_b Z_b (upper triangle, by ?syrk) to `gram` [d, d] (Fortran-
+  ordered, in place) and returns zay + Z_b^T A_b Y_b. A non-finite feature makes that [d, c]
+  product non-finite (inf * 0 is NaN), so checking it checks the block. `buf`: scratch as in
+  `gram_upper`."""
+  with np.errstate(all="ignore"):  # non-finite features: reported by the caller
+    gram_upper(z, np.sqrt(a), out=gram, buf=buf)
+    return zay + z.T @ (a[:, None] * y)
 
 
 def stream_solve(gram, zay, reg):
-  """(C = (G + reg I)^-1, W = C Z^T A Y); NaN when the factorisation fails."""
+  """(U, C = (G + reg I)^-1, W = C Z^T A Y) with U^T U = G + reg I (upper, Fortran-ordered);
+  None when the factorisation fails. `gram` holds G's upper triangle."""
   d = gram.shape[0]
-  g = gram.copy()
+  _, trsm, _, potrf = _blas_fns(gram.dtype)
+  g = np.array(gram, order="F")
   g[np.diag_indices(d)] += reg
-  try:
-    chol = np.linalg.cholesky(g)
-  except np.linalg.LinAlgError:
-    return np.full_like(g, np.nan), np.full_like(zay, np.nan)
-  fn = _sblas.dtrsm if g.dtype == np.float64 else _sblas.strsm
-  linv = fn(1.0, chol, np.eye(d, dtype=g.dtype), side=0, lower=1)  # L^-1
-  c_inv = linv.T @ linv
-  return c_inv, c_inv @ zay
+  chol, info = potrf(g, lower=0, clean=1, overwrite_a=1)
+  if info != 0:
+    return None
+  uinv_t = trsm(1.0, chol, np.eye(d, dtype=g.dtype), side=0, lower=0, trans_a=1)  # U^-T
+  c_inv = uinv_t.T @ uinv_t
+  return chol, c_inv, c_inv @ zay
 
 
-def stream_pass2(z, a, y, m, c_inv, coef, temperature, denom, loss):
-  """Per-sample quantities of a block and its parts of M = Z^T diag(a u) Z and Z^T G~."""
+def stream_pass2(z, a, y, m, chol, coef, temperature, denom, loss, m_acc, buf=None,
+                 with_preds=False):
+  """Per-sample quantities of a block; adds its part of M = Z^T diag(a u) Z to m_acc (upper
+  triangle, in place, a ?syrk per sign of a u) and returns (value part, Z_b^T G~_b, S_kk,
+  u, r = Y - Yhat, LOO predictions or None).
+
+  S_kk = ||U^-T z_k||^2 by one ?trsm (n d^2 flops for the block, half of z_k^T C z_k by
+  GEMM). The squared error has its per-sample terms in closed form (fewer [k, c] passes):
+  with e = Yhat - y, f_loo - y = e / (1 - h), G~ = 2 m e / (n_eval (1 - h)^2) and
+  u = 2 m ||e||^2 / (n_eval (1 - h)^3).
+  """
+  trsm = _blas_fns(z.dtype)[1]
   with np.errstate(all="ignore"):
-    s_diag = np.sum((z @ c_inv) * z, axis=1)
-    fitted = z @ coef
+    bt = trsm(1.0, chol, z.T, side=0, lower=0, trans_a=1)  # U^-T Z_b^T  [d, k]
+    s_diag = np.einsum("jk,jk->k", bt, bt)
+    del bt
+    e = z @ coef
+    e -= y  # Yhat - y
     h = a * s_diag
-    omh = 1.0 - h
-    preds = (fitted - h[:, None] * y) / omh[:, None]
-    per, g = loss_and_grad(loss, preds, y, temperature)
-    value = np.sum(m * per) / denom
-    g = g * (m / denom)[:, None]
-    u = np.sum(g * (preds - y), axis=1) / omh
-    w = a * u
+    inv = 1.0 / (1.0 - h)
     if loss == "mse":
-      m_b = _syrk(z * np.sqrt(np.maximum(w, 0))[:, None])
+      ee = np.einsum("kc,kc->k", e, e)
+      value = np.sum(m * ee * inv * inv) / denom
+      coeff = (2.0 / denom) * m * inv * inv
+      u = coeff * ee * inv
+      g_tilde = e * coeff[:, None]
+      preds = y + e * inv[:, None] if with_preds else None
     else:
-      m_b = (z * w[:, None]).T @ z
-    return value, m_b, z.T @ (g / omh[:, None]), s_diag, u, y - fitted, preds
+      preds = y + e * inv[:, None]
+      per, g = loss_and_grad(loss, preds, y, temperature)
+      value = np.sum(m * per) / denom
+      g *= (m / denom)[:, None]
+      u = np.einsum("kc,kc->k", g, e) * inv * inv
+      g_tilde = g * inv[:, None]
+    signed_gram_upper_t(z.T, a * u, out=m_acc, buf=buf)
+    ztg = z.T @ g_tilde
+    np.negative(e, out=e)  # r = y - Yhat
+    return value, ztg, s_diag, u, e, preds
 
 
-def stream_pass3(z, resid, s_diag, u, q, v):
-  """dL/da of a block: <r_k, z_k^T v> + u_k S_kk - z_k^T Q z_k."""
-  return np.sum(resid * (z @ v), axis=1) + u * s_diag - np.sum((z @ q) * z, axis=1)
+def stream_grad_stage(c_inv, m_upper, ztg):
+  """(V, v): V = Q = C M C's upper triangle with its diagonal halved (for
+  `quadratic_forms_t(..., halved=True)`), v = C Z^T G~."""
+  m_full = np.triu(m_upper) + np.triu(m_upper, 1).T
+  return halve_diagonal(np.triu(c_inv @ m_full @ c_inv)), c_inv @ ztg
+
+
+def stream_pass3(z, resid, s_diag, u, q_halved, v):
+  """dL/da of a block: <r_k, z_k^T v> + u_k S_kk - z_k^T Q z_k (?trmm on Q's triangle)."""
+  return (np.einsum("kc,kc->k", resid, z @ v) + u * s_diag
+          - quadratic_forms_t(z.T, q_halved, halved=True))
 
 
 # ----------------------------------------------------------------------------------------

@@ -5,17 +5,21 @@ of d = 1,024 features. The features come block by block from memory, from a `.np
 disk (memory-mapped, e.g. the feature cache) or from a function (e.g. a backbone computing
 them on the fly); only O(block_size d + d^2) is held besides the per-sample outputs.
 
-Three passes over the rows (same maths as `diva_jax.loo`, in feature space, all GEMMs):
+Three passes over the rows (same maths as `diva_jax.loo`, in feature space):
 
-  pass 1:  G = Z^T A Z + reg I,  Z^T A Y          ->  C = G^-1,  W = C Z^T A Y    [d, d], [d, c]
-  pass 2:  per block: S_kk = z_k^T C z_k, Yhat_k = z_k^T W, h, f_loo, e, g, u;
+  pass 1:  G = Z^T A Z + reg I = U^T U,  Z^T A Y  ->  C = G^-1,  W = C Z^T A Y   [d, d], [d, c]
+  pass 2:  per block: S_kk = ||U^-T z_k||^2, Yhat_k = z_k^T W, h, f_loo, e, g, u;
            accumulate M = Z^T diag(a u) Z and Z^T G~                             [d, d], [d, c]
            then Q = C M C, v = C Z^T G~
   pass 3:  per block: dL/da_k = <r_k, z_k^T v> + u_k S_kk - z_k^T Q z_k
 
-Cost: four Gram-type products (6 n d^2 flops for the squared error, whose two Gram matrices
-are symmetric rank-n updates; 8 n d^2 otherwise) + O(d^3); every block has the same shape
-(the last one is zero-padded with zero weight), so each pass compiles once.
+On one CPU device the passes run in SciPy's BLAS (`diva_jax._host`), every product symmetric
+or triangular: G and M by ?syrk (M over the rows of each sign of a u), S_kk by ?trsm,
+z_k^T Q z_k = 2 z_k^T V z_k with V Q's upper triangle (diagonal halved) by ?trmm: 4 n d^2
+flops in all (+ O(n d c + d^3)), where one general product Z^T W is 2 n d^2. The XLA passes
+(GPU, TPU, a mesh) use GEMMs, 6 n d^2 for the squared error and 8 n d^2 otherwise; every
+block has the same shape there (the last one is zero-padded with zero weight), so each pass
+compiles once.
 """
 
 from __future__ import annotations
@@ -235,6 +239,9 @@ def streamed_loo_loss_and_derivative(
   denom = replicate(jnp.asarray(m_all.sum(), dtype))
   temp = replicate(jnp.asarray(temperature, dtype))
 
+  def nonfinite(start, stop):
+    return ValueError(f"features rows [{start}, {stop}) contain NaN or Inf.")
+
   def block(start, stop):
     """Features, weights, targets, mask of rows [start, stop), zero-padded to block_size
     (host arrays on the host path, device arrays otherwise)."""
@@ -242,8 +249,10 @@ def streamed_loo_loss_and_derivative(
     if z.shape != (stop - start, d):
       raise ValueError(f"source.read({start}, {stop}) returned shape {z.shape}, expected "
                        f"{(stop - start, d)}.")
-    if not np.all(np.isfinite(z)):
-      raise ValueError(f"features rows [{start}, {stop}) contain NaN or Inf.")
+    # The host passes check their (small) outputs instead: a non-finite feature makes them
+    # non-finite, and a scan of every block costs a pass over the features.
+    if not host and not np.all(np.isfinite(z)):
+      raise nonfinite(start, stop)
     pad = block_size - (stop - start)
     parts = (z, w_all[start:stop], y_all[start:stop], m_all[start:stop])
     if host:
@@ -259,16 +268,32 @@ def streamed_loo_loss_and_derivative(
   # Pass 1: Gram-type products.
   gram = jnp.zeros((d, d), dtype)
   zay = jnp.zeros((d, c), dtype)
-  if host:
-    gram, zay = np.zeros((d, d), dtype), np.zeros((d, c), dtype)
+  if host:  # Gram matrix: upper triangle, Fortran-ordered, accumulated in place by ?syrk
+    gram, zay = np.zeros((d, d), dtype, order="F"), np.zeros((d, c), dtype)
+    scratch = np.empty((block_size, d), dtype)  # the scaled rows of one block
   for start, stop in _blocks(n, block_size):
     z, a, y, _ = block(start, stop)
-    g_b, zy_b = (_host.stream_pass1(z, a, y) if host
-                 else _pass1_jit(z, a, y))
-    gram, zay = gram + g_b, zay + zy_b
+    if host:
+      zay = _host.stream_pass1(z, a, y, gram, zay, buf=scratch)
+      if not np.all(np.isfinite(zay)):
+        if np.all(np.isfinite(z)):
+          raise ValueError(f"Z^T A Y overflows {dtype} at rows [{start}, {stop}): rescale the "
+                           "features or targets, or use dtype=float64.")
+        raise nonfinite(start, stop)
+    else:
+      g_b, zy_b = _pass1_jit(z, a, y)
+      gram, zay = gram + g_b, zay + zy_b
     tick(stop, 1)
-  c_inv, coef = (_host.stream_solve(gram, zay, dtype.type(reg)) if host
-                 else _solve_stage(gram, zay, jnp.asarray(reg, dtype)))
+  if host and not np.all(np.isfinite(gram)):  # finite features (checked) whose Gram overflows
+    raise ValueError(f"Z^T A Z overflows {dtype}: rescale the features, or use "
+                     "dtype=float64.")
+  if host:
+    solved = _host.stream_solve(gram, zay, dtype.type(reg))
+    if solved is None:
+      _checks.raise_if_nonfinite(np.asarray([np.nan], dtype), reg, "streamed factorisation")
+    chol, c_inv, coef = solved
+  else:
+    c_inv, coef = _solve_stage(gram, zay, jnp.asarray(reg, dtype))
   if not bool(jnp.all(jnp.isfinite(c_inv))):
     _checks.raise_if_nonfinite(np.asarray(c_inv), reg, "streamed factorisation")
 
@@ -278,18 +303,22 @@ def streamed_loo_loss_and_derivative(
   r_all = np.empty((n, c), dtype)
   preds_all = np.empty((n, c), dtype) if return_predictions else None
   xp = np if host else jnp
-  m_acc = xp.zeros((d, d), dtype)
+  m_acc = xp.zeros((d, d), dtype, **({"order": "F"} if host else {}))
   ztg = xp.zeros((d, c), dtype)
   value = xp.zeros((), dtype)
   for start, stop in _blocks(n, block_size):
     z, a, y, msk = block(start, stop)
-    if host:
-      v_b, m_b, g_b, s_b, u_b, r_b, p_b = _host.stream_pass2(
-          z, a, y, msk, c_inv, coef, dtype.type(temperature), m_all.sum(), loss)
+    if host:  # m_acc (upper triangle) is accumulated in place
+      v_b, g_b, s_b, u_b, r_b, p_b = _host.stream_pass2(
+          z, a, y, msk, chol, coef, dtype.type(temperature), m_all.sum(), loss, m_acc,
+          buf=scratch, with_preds=preds_all is not None)
+      if not np.all(np.isfinite(s_b)):
+        raise nonfinite(start, stop)
     else:
       v_b, m_b, g_b, s_b, u_b, r_b, p_b = _pass2_jit(z, a, y, msk, c_inv, coef, temp, denom,
                                                       loss=loss)
-    value, m_acc, ztg = value + v_b, m_acc + m_b, ztg + g_b
+      m_acc = m_acc + m_b
+    value, ztg = value + v_b, ztg + g_b
     k = stop - start
     s_all[start:stop] = np.asarray(s_b)[:k]
     u_all[start:stop] = np.asarray(u_b)[:k]
@@ -298,7 +327,9 @@ def streamed_loo_loss_and_derivative(
       preds_all[start:stop] = np.asarray(p_b)[:k]
     tick(stop, 2)
   if host:
-    q, v = c_inv @ m_acc @ c_inv, c_inv @ ztg
+    del scratch
+  if host:  # q: Q's upper triangle, diagonal halved (for the triangular product)
+    q, v = _host.stream_grad_stage(c_inv, m_acc, ztg)
   else:
     q, v = _grad_stage(c_inv, m_acc, ztg)
 

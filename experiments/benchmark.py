@@ -92,7 +92,7 @@ def bench_primal(n, d, c, repeats, rng):
                           scoring="neg_mean_squared_error").fit(z, y, sample_weight=a)
   row["sklearn_f64_s"] = _median_time(ridge, max(1, repeats - 1))
   sk_loo = ridge().cv_results_[:, :, 0]
-  flops = 5.0 * n * d * d + d ** 3 / 3.0  # two syrk, one trsm, one GEMM (loo.py)
+  flops = 4.0 * n * d * d + d ** 3 / 3.0  # two syrk, one trsm, one trmm (diva_jax._host)
 
   ref64 = None
   for dt in (jnp.float64, jnp.float32):
@@ -167,7 +167,7 @@ def bench_streamed(n, d, c, block, rng):
   res = streaming.streamed_loo_loss_and_derivative(a, y, z, reg=reg, block_size=block)
   elapsed = time.perf_counter() - start
   peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-  flops = 6.0 * n * d * d  # squared error: two syrk, two GEMM (streaming.py)
+  flops = 4.0 * n * d * d  # two syrk, one trsm, one trmm (diva_jax._host stream passes)
   rate = _matmul_rate(z[: min(n, 65536)])
   return {"n": n, "d": d, "c": c, "block_size": block, "seconds": elapsed,
           "loss": res.loss, "feature_matrix_bytes": z.nbytes, "peak_rss_bytes": peak,

@@ -368,13 +368,17 @@ def test_host_primal_float32_and_mixed_signs(loss, seed):
   # The blocked helpers against dense products, blocks that do not divide n.
   bt = np.asfortranarray(z.T)
   w = rng.standard_normal(n) * (np.arange(n) % 3 != 0)
-  upper = _host.signed_gram_upper_t(bt, w, block=64)
+  upper = _host.signed_gram_upper_t(bt, w, buf=np.empty((64, d)))
   np.testing.assert_allclose(np.triu(upper), np.triu(z.T @ (w[:, None] * z)), atol=1e-10)
   full = np.triu(upper) + np.triu(upper, 1).T
   np.testing.assert_allclose(_host.quadratic_forms_t(bt, upper, block=37),
                              np.einsum("kj,jl,kl->k", z, full, z), rtol=1e-10, atol=1e-10)
-  np.testing.assert_allclose(np.triu(_host.gram_upper(z, np.sqrt(a), block=41)),
+  np.testing.assert_allclose(np.triu(_host.gram_upper(z, np.sqrt(a), buf=np.empty((41, d)))),
                              np.triu(z.T @ (a[:, None] * z)), atol=1e-10)
+  for panels in (1, 3, 4):  # column panels: ?syrk on the diagonal blocks, GEMM right of them
+    c = np.ones((d, d), order="F")
+    np.testing.assert_allclose(np.triu(_host.syrk_upper(z, c, -0.5, panels=panels)),
+                               np.triu(1.0 - 0.5 * z.T @ z), atol=1e-10)
 
 
 @pytest.mark.parametrize("loss", ["mse", "ce"])

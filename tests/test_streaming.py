@@ -85,3 +85,32 @@ def test_streamed_bad_input():
   src = streaming.FunctionSource(lambda s, e: z[s:e, :3], 50, 4)
   with pytest.raises(ValueError, match=r"returned shape \(16, 3\), expected \(16, 4\)"):
     streaming.streamed_loo_loss_and_derivative(a, y, src, reg=1.0, block_size=16)
+
+
+def test_streamed_nonfinite_features_are_caught_in_every_pass():
+  """The host passes check their small outputs instead of scanning each block: a NaN or Inf
+  feature must still be reported with its block, whatever its weight and whichever pass
+  first sees it (a function source may return different rows on a later pass)."""
+  z, y, a, _ = _problem(n=50, d=4)
+  a[40] = 0.0  # zero weight: still caught (inf * 0 and nan * 0 are NaN)
+  for value in (np.nan, np.inf, -np.inf):
+    bad = z.copy()
+    bad[40, 2] = value
+    with pytest.raises(ValueError, match=r"rows \[32, 48\) contain NaN or Inf"):
+      streaming.streamed_loo_loss_and_derivative(a, y, bad, reg=1.0, block_size=16)
+  calls = {"n": 0}
+
+  def flaky(s, e):  # finite on pass 1, a NaN in rows [16, 32) on pass 2
+    calls["n"] += 1
+    out = z[s:e].copy()
+    if calls["n"] > 4 and s == 16:
+      out[3, 0] = np.nan
+    return out
+
+  with pytest.raises(ValueError, match=r"rows \[16, 32\) contain NaN or Inf"):
+    streaming.streamed_loo_loss_and_derivative(
+        a, y, streaming.FunctionSource(flaky, 50, 4, np.float64), reg=1.0, block_size=16)
+  # Finite features whose products overflow float32 get their own message.
+  big = (z * 1e20).astype(np.float32)
+  with pytest.raises(ValueError, match="overflows float32"):
+    streaming.streamed_loo_loss_and_derivative(a, y, big, reg=1.0, block_size=16)
