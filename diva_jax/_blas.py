@@ -47,8 +47,9 @@ def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
   """a @ b for 2-D a [m, k], b [k, p]."""
   dtype = jnp.result_type(a, b)
 
-  def host(a_, b_):
-    return np.matmul(np.asarray(a_, dtype), np.asarray(b_, dtype))
+  def host(a_, b_):  # SciPy's ?gemm: one OpenBLAS thread pool with ?syrk/?trsm (diva_jax._host)
+    from diva_jax import _host
+    return _host.mm(np.asarray(a_, dtype), np.asarray(b_, dtype))
 
   cpu = lambda a_, b_: _callback(host, (a.shape[0], b.shape[1]), dtype, a_, b_)
   xla = lambda a_, b_: jnp.matmul(a_, b_, precision=_HI)

@@ -1,11 +1,18 @@
-"""The primal LOO value and explicit gradient in NumPy/SciPy, for the CPU backend.
+"""The LOO value and explicit gradient in NumPy/SciPy, for the CPU backend.
 
-Same maths, line for line, as `diva_jax.loo._loo_value_and_grad` (primal form); the tests
-check that both agree. Why a host version: XLA:CPU's dense dot is 2-3x slower than the
-OpenBLAS that NumPy ships (jax-ml/jax#3832) and has no symmetric rank-k update, and every
-`pure_callback` crossing copies its arrays, so the whole computation runs in one callback
-(one copy of Z in, the [n] gradient out). `diva_jax.loo` dispatches here through
-`jax.lax.platform_dependent` on CPU only; GPU and TPU run the XLA version.
+Same maths as `diva_jax.loo._loo_value_and_grad`; the tests check that both agree. Why a
+host version: XLA:CPU's dense dot is 2-3x slower than OpenBLAS in float64 (jax-ml/jax#3832)
+and XLA has no symmetric rank-k update (?syrk) or triangular product (?trmm), which halve
+the flops of Gram matrices and quadratic forms; every `pure_callback` crossing copies its
+arrays, so the whole computation runs in one callback (Z in, the [n] gradient out).
+`diva_jax.loo` dispatches here through `jax.lax.platform_dependent` on CPU only; GPU and TPU
+run the XLA version.
+
+One BLAS library: every product here goes through SciPy's BLAS (`mm`, ?syrk, ?trsm, ?trmm),
+never NumPy's `@` on large operands. NumPy's and SciPy's wheels each bundle their own
+OpenBLAS with its own thread pool, and a pool's threads spin for a while after each call:
+a SciPy call right after a NumPy GEMM ran 25-35% slower on 2 cores (measured here, a
+[5000, 1280] float64 ?trsm: 0.19-0.21 s against 0.15 s).
 """
 
 from __future__ import annotations
@@ -13,6 +20,22 @@ from __future__ import annotations
 import numpy as np
 from scipy.linalg import blas as _sblas
 from scipy.linalg import lapack as _lapack
+
+
+def _fortran(a):
+  """(A, trans) with A Fortran-ordered and op(A) = a, without a copy where possible."""
+  if a.flags.f_contiguous:
+    return a, 0
+  if a.flags.c_contiguous:
+    return a.T, 1
+  return np.asfortranarray(a), 0
+
+
+def mm(a, b):
+  """a @ b for 2-D a, b by SciPy's ?gemm (Fortran-ordered result)."""
+  gemm = _sblas.dgemm if np.result_type(a, b) == np.float64 else _sblas.sgemm
+  (fa, ta), (fb, tb) = _fortran(a), _fortran(b)
+  return gemm(1.0, fa, fb, trans_a=ta, trans_b=tb)
 
 
 def _syrk(x):
@@ -51,31 +74,12 @@ def block_rows(d: int, itemsize: int, mib: int = 64) -> int:
   return max(64, (mib << 20) // max(1, d * itemsize))
 
 
-def syrk_upper(x, c, alpha=1.0, panels=None):
-  """c += alpha X^T X on (at least) the upper triangle, for C-ordered X [k, d] (or any view
-  with unit stride along d) and c [d, d].
-
-  A symmetric rank-k update split into `panels` column panels: the diagonal blocks by
-  ?syrk, the blocks right of them by GEMM (NumPy's matmul, no copies of the panels). Half a
-  GEMM's flops, like one ?syrk, but OpenBLAS's ?syrk runs well below its GEMM rate here;
-  measured on 2 cores for [32768, 1024] float32: 77 Gflop/s (equivalent) for one ?syrk,
-  103 with 4 panels; [5000, 1280] float64: 42 vs 56."""
-  k, d = x.shape
-  if panels is None:
-    panels = 4 if d >= 512 else 1
-  if panels == 1:
-    syrk = _blas_fns(x.dtype)[0]
-    if x.T.flags.f_contiguous and c.flags.f_contiguous:
-      return syrk(alpha, x.T, beta=1.0, c=c, trans=0, lower=0, overwrite_c=1)
-    c += alpha * (x.T @ x)
-    return c
-  edges = np.linspace(0, d, panels + 1).astype(int)
-  for i0, i1 in zip(edges[:-1], edges[1:]):
-    xi = x[:, i0:i1]
-    c[i0:i1, i0:i1] += alpha * (xi.T @ xi)  # NumPy calls ?syrk for a product X^T X
-    if i1 < d:
-      c[i0:i1, i1:] += alpha * (xi.T @ x[:, i1:])
-  return c
+def syrk_upper(x, c, alpha=1.0):
+  """c += alpha X^T X on the upper triangle (?syrk, half a GEMM's flops), for X [k, d] with
+  X^T Fortran-ordered (X C-ordered) and c [d, d] Fortran-ordered."""
+  syrk = _blas_fns(x.dtype)[0]
+  xt = x.T if x.T.flags.f_contiguous else np.asfortranarray(x.T)
+  return syrk(alpha, xt, beta=1.0, c=c, trans=0, lower=0, overwrite_c=1)
 
 
 def gram_upper(x, scale=None, out=None, buf=None, alpha=1.0):
@@ -167,7 +171,7 @@ def primal_factor(weights, features, reg):
   if np.all(weights >= 0):
     gram = gram_upper(features, np.sqrt(weights))
   else:  # only reachable under a user's jit (no boundary checks there)
-    gram = np.asfortranarray((features * weights[:, None]).T @ features)
+    gram = mm((features * weights[:, None]).T, features)
   gram[np.diag_indices(d)] += reg
   chol, info = potrf(gram, lower=0, clean=1, overwrite_a=1)
   if info != 0:
@@ -196,13 +200,13 @@ def primal_value_and_grad(weights, targets, features, reg, mask, temperature, lo
       nan = np.full((), np.nan, dtype)
       return nan, (np.full(n, np.nan, dtype) if with_grad else None)
     chol, bt = factor
-    coef = trsm(1.0, chol, z.T @ (weights[:, None] * targets), side=0, lower=0, trans_a=1)
+    coef = trsm(1.0, chol, mm(z.T, weights[:, None] * targets), side=0, lower=0, trans_a=1)
     s_diag = np.einsum("jk,jk->k", bt, bt)  # S_kk = ||b_k||^2
-    fitted = bt.T @ coef  # S A Y = B (B^T A Y)
+    fitted = mm(bt.T, coef)  # S A Y = B (B^T A Y)
     h = weights * s_diag
     return _value_and_grad(
         fitted, h, 1.0 - h, s_diag, weights, targets, mask, temperature, loss, with_grad,
-        apply_s=lambda v: bt.T @ (bt @ v),
+        apply_s=lambda v: mm(bt.T, mm(bt, v)),
         apply_s_sq=lambda w: quadratic_forms_t(bt, signed_gram_upper_t(bt, w)))
 
 
@@ -239,7 +243,7 @@ def stream_pass1(z, a, y, gram, zay, buf=None):
   `gram_upper`."""
   with np.errstate(all="ignore"):  # non-finite features: reported by the caller
     gram_upper(z, np.sqrt(a), out=gram, buf=buf)
-    return zay + z.T @ (a[:, None] * y)
+    return zay + mm(z.T, a[:, None] * y)
 
 
 def stream_solve(gram, zay, reg):
@@ -253,8 +257,8 @@ def stream_solve(gram, zay, reg):
   if info != 0:
     return None
   uinv_t = trsm(1.0, chol, np.eye(d, dtype=g.dtype), side=0, lower=0, trans_a=1)  # U^-T
-  c_inv = uinv_t.T @ uinv_t
-  return chol, c_inv, c_inv @ zay
+  c_inv = mm(uinv_t.T, uinv_t)
+  return chol, c_inv, mm(c_inv, zay)
 
 
 def stream_pass2(z, a, y, m, chol, coef, temperature, denom, loss, m_acc, buf=None,
@@ -273,7 +277,7 @@ def stream_pass2(z, a, y, m, chol, coef, temperature, denom, loss, m_acc, buf=No
     bt = trsm(1.0, chol, z.T, side=0, lower=0, trans_a=1)  # U^-T Z_b^T  [d, k]
     s_diag = np.einsum("jk,jk->k", bt, bt)
     del bt
-    e = z @ coef
+    e = np.ascontiguousarray(mm(z, coef))
     e -= y  # Yhat - y
     h = a * s_diag
     inv = 1.0 / (1.0 - h)
@@ -292,7 +296,7 @@ def stream_pass2(z, a, y, m, chol, coef, temperature, denom, loss, m_acc, buf=No
       u = np.einsum("kc,kc->k", g, e) * inv * inv
       g_tilde = g * inv[:, None]
     signed_gram_upper_t(z.T, a * u, out=m_acc, buf=buf)
-    ztg = z.T @ g_tilde
+    ztg = mm(z.T, g_tilde)
     np.negative(e, out=e)  # r = y - Yhat
     return value, ztg, s_diag, u, e, preds
 
@@ -301,12 +305,12 @@ def stream_grad_stage(c_inv, m_upper, ztg):
   """(V, v): V = Q = C M C's upper triangle with its diagonal halved (for
   `quadratic_forms_t(..., halved=True)`), v = C Z^T G~."""
   m_full = np.triu(m_upper) + np.triu(m_upper, 1).T
-  return halve_diagonal(np.triu(c_inv @ m_full @ c_inv)), c_inv @ ztg
+  return halve_diagonal(np.triu(mm(mm(c_inv, m_full), c_inv))), mm(c_inv, ztg)
 
 
 def stream_pass3(z, resid, s_diag, u, q_halved, v):
   """dL/da of a block: <r_k, z_k^T v> + u_k S_kk - z_k^T Q z_k (?trmm on Q's triangle)."""
-  return (np.einsum("kc,kc->k", resid, z @ v) + u * s_diag
+  return (np.einsum("kc,kc->k", resid, mm(z, v)) + u * s_diag
           - quadratic_forms_t(z.T, q_halved, halved=True))
 
 
@@ -346,8 +350,8 @@ def dual_value_and_grad(weights, targets, kernel, reg, mask, temperature, loss: 
       if info != 0:
         return nan
       m_inv_diag = np.sum(linv * linv, axis=0)  # (M^-1)_ii = sum_k (L^-1)_ki^2
-      beta = sa[:, None] * (linv.T @ (linv @ ay))
-      fitted = kernel @ beta
+      beta = sa[:, None] * mm(linv.T, mm(linv, ay))
+      fitted = mm(kernel, beta)
       one_minus_h = reg * m_inv_diag
       h = 1.0 - one_minus_h
       s_diag = None
@@ -357,12 +361,12 @@ def dual_value_and_grad(weights, targets, kernel, reg, mask, temperature, loss: 
       s = kernel - _syrk(v)
       s /= reg
       s_diag = np.diagonal(s).copy()
-      fitted = s @ (weights[:, None] * targets)
+      fitted = mm(s, weights[:, None] * targets)
       h = weights * s_diag
       one_minus_h = 1.0 - h
     if not with_grad:
       return _value_and_grad(fitted, h, one_minus_h, None, weights, targets, mask,
                              temperature, loss, False, None, None)
     return _value_and_grad(fitted, h, one_minus_h, s_diag, weights, targets, mask,
-                           temperature, loss, True, apply_s=lambda g: s @ g,
-                           apply_s_sq=lambda w: (s * s) @ w)
+                           temperature, loss, True, apply_s=lambda g: mm(s, g),
+                           apply_s_sq=lambda w: mm(s * s, w[:, None])[:, 0])

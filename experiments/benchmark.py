@@ -21,6 +21,7 @@ only it determines.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import resource
@@ -36,7 +37,8 @@ flags.DEFINE_string("workdir", None, "Where benchmark.json is written.", require
 flags.DEFINE_list("sizes", ["2000", "5000", "20000"], "Primal sample counts n.")
 flags.DEFINE_integer("d", 1280, "Feature dimension of the primal runs.")
 flags.DEFINE_integer("c", 10, "Number of outputs (classes).")
-flags.DEFINE_integer("repeats", 3, "Timed repeats (median reported).")
+flags.DEFINE_integer("repeats", 7, "Timed repeats of the primal contenders, round-robin "
+                     "(medians reported).")
 flags.DEFINE_integer("brute_force_refits", 3, "Refits timed for the brute-force estimate.")
 flags.DEFINE_integer("autodiff_max_n", 20000, "Largest n for the plain-autodiff peer.")
 flags.DEFINE_list("dual_sizes", ["10000"], "Kernel sizes n for the dual form (float64).")
@@ -82,6 +84,21 @@ def _matmul_rate(z):
   return 2.0 * n * d * d / min(t_xla, t_np)
 
 
+def _interleaved_medians(fns, repeats):
+  """Median seconds of each of `fns` (a dict), timed round-robin after one warm-up call
+  each: the machine's drift (other tenants, clock) hits every contender alike."""
+  for fn in fns.values():
+    fn()
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - start)
+  return ({name: float(np.median(t)) for name, t in times.items()},
+          {name: [round(x, 4) for x in t] for name, t in times.items()})
+
+
 def bench_primal(n, d, c, repeats, rng):
   from sklearn.linear_model import RidgeCV
   from diva_jax import loo
@@ -90,26 +107,35 @@ def bench_primal(n, d, c, repeats, rng):
   row = {"n": n, "d": d, "c": c, "reg": reg}
   ridge = lambda: RidgeCV(alphas=[reg], fit_intercept=False, store_cv_results=True,
                           scoring="neg_mean_squared_error").fit(z, y, sample_weight=a)
-  row["sklearn_f64_s"] = _median_time(ridge, max(1, repeats - 1))
   sk_loo = ridge().cv_results_[:, :, 0]
-  flops = 4.0 * n * d * d + d ** 3 / 3.0  # two syrk, one trsm, one trmm (diva_jax._host)
+  # Host path on CPU (diva_jax._host): two syrk, one trsm, one trmm; the XLA path (GPU/TPU)
+  # spends one more n d^2 (a GEMM instead of the trmm).
+  on_cpu = jax.devices()[0].platform == "cpu"
+  flops = (4.0 if on_cpu else 5.0) * n * d * d + d ** 3 / 3.0
+  row["flops_value_and_grad"] = flops
 
+  args = {}
+  fns = {"sklearn_f64": ridge}
+  for dt, name in ((jnp.float64, "f64"), (jnp.float32, "f32")):
+    args[name] = (jnp.asarray(a, dt), jnp.asarray(y, dt), jnp.asarray(z, dt),
+                  jnp.asarray(reg, dt), jnp.ones(n, dt), jnp.asarray(1.0, dt))
+    fns[f"ours_{name}"] = functools.partial(
+        lambda xs: jax.block_until_ready(
+            loo._loo_value_and_grad_jit(*xs, form="primal", loss="mse")), args[name])
+  medians, all_times = _interleaved_medians(fns, repeats)
+  row["times_s"] = all_times
+  row["sklearn_f64_s"] = medians["sklearn_f64"]
   ref64 = None
-  for dt in (jnp.float64, jnp.float32):
-    name = "f64" if dt == jnp.float64 else "f32"
-    args = (jnp.asarray(a, dt), jnp.asarray(y, dt), jnp.asarray(z, dt), jnp.asarray(reg, dt),
-            jnp.ones(n, dt), jnp.asarray(1.0, dt))
-    fn = lambda: jax.block_until_ready(
-        loo._loo_value_and_grad_jit(*args, form="primal", loss="mse"))
-    row[f"ours_{name}_s"] = _median_time(fn, repeats)
-    value, grad = fn()
+  for dt, name in ((jnp.float64, "f64"), (jnp.float32, "f32")):
+    row[f"ours_{name}_s"] = medians[f"ours_{name}"]
+    value, grad = fns[f"ours_{name}"]()
     row[f"ours_{name}_ratio_to_sklearn"] = row[f"ours_{name}_s"] / row["sklearn_f64_s"]
     rate = _matmul_rate(np.asarray(z, dt))
     row[f"matmul_{name}_gflops"] = rate / 1e9
     row[f"ours_{name}_fraction_of_matmul_rate"] = flops / row[f"ours_{name}_s"] / rate
     if dt == jnp.float64:
       ref64 = (float(value), np.asarray(grad))
-      preds = loo._loo_predictions_jit(*args[:4], form="primal")
+      preds = loo._loo_predictions_jit(*args[name][:4], form="primal")
       row["max_abs_diff_loo_vs_sklearn"] = float(np.max(np.abs(np.asarray(preds) - sk_loo)))
     else:
       row["f32_rel_err_value"] = abs(float(value) - ref64[0]) / abs(ref64[0])
@@ -118,7 +144,7 @@ def bench_primal(n, d, c, repeats, rng):
     if n <= FLAGS.autodiff_max_n:
       vg = jax.jit(jax.value_and_grad(loo._loo_loss_reference), static_argnums=(6, 7))
       row[f"autodiff_{name}_s"] = _median_time(
-          lambda: jax.block_until_ready(vg(*args, "primal", "mse")), repeats)
+          lambda: jax.block_until_ready(vg(*args[name], "primal", "mse")), max(1, repeats // 2))
       row[f"autodiff_{name}_ratio_to_sklearn"] = row[f"autodiff_{name}_s"] / row["sklearn_f64_s"]
 
   # Brute force: n refits of the weighted normal equations (numpy, float64).

@@ -375,10 +375,11 @@ def test_host_primal_float32_and_mixed_signs(loss, seed):
                              np.einsum("kj,jl,kl->k", z, full, z), rtol=1e-10, atol=1e-10)
   np.testing.assert_allclose(np.triu(_host.gram_upper(z, np.sqrt(a), buf=np.empty((41, d)))),
                              np.triu(z.T @ (a[:, None] * z)), atol=1e-10)
-  for panels in (1, 3, 4):  # column panels: ?syrk on the diagonal blocks, GEMM right of them
-    c = np.ones((d, d), order="F")
-    np.testing.assert_allclose(np.triu(_host.syrk_upper(z, c, -0.5, panels=panels)),
-                               np.triu(1.0 - 0.5 * z.T @ z), atol=1e-10)
+  c = np.ones((d, d), order="F")
+  np.testing.assert_allclose(np.triu(_host.syrk_upper(z, c, -0.5)),
+                             np.triu(1.0 - 0.5 * z.T @ z), atol=1e-10)
+  for a_, b_ in ((z, z[:5].T), (z.T, z), (np.asfortranarray(z)[::2], z[:20, :3])):  # any layout
+    np.testing.assert_allclose(_host.mm(a_, b_), a_ @ b_, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("loss", ["mse", "ce"])
