@@ -50,6 +50,10 @@ def check_finite(name: str, x) -> None:
   if x is None or not is_concrete(x):
     return
   arr = np.asarray(x)
+  # One allocation-free pass first (a sum is finite when every entry is, unless it
+  # overflows); the elementwise test only when it is not.
+  if arr.dtype.kind in "fc" and np.isfinite(np.sum(arr)):
+    return
   if not np.all(np.isfinite(arr)):
     bad = np.argwhere(~np.isfinite(arr))
     raise ValueError(

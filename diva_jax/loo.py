@@ -52,6 +52,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 from jax import lax
+import numpy as np
 
 from diva_jax import _blas
 from diva_jax import _checks
@@ -349,15 +350,13 @@ _loo_value_and_grad_jit = _jit_static(_loo_value_and_grad)
 
 
 def _prepare(weights, targets, features, kernel, reg, eval_mask=None, loss="mse",
-             temperature=1.0):
-  """Validates, casts to one float dtype and picks the cheaper form."""
-  if loss not in LOSSES:
-    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}.")
-  if jnp.ndim(temperature) != 0:
-    raise ValueError(f"temperature must be a scalar, got shape {jnp.shape(temperature)}.")
-  if _checks.is_concrete(temperature) and not float(temperature) > 0:
-    raise ValueError(f"temperature must be > 0, got {float(temperature)}.")
-  n = _checks.check_ridge_inputs(weights, targets, features, kernel, reg, eval_mask)
+             temperature=1.0, checked=False):
+  """Validates (unless `checked`), casts to one float dtype and picks the cheaper form."""
+  if checked:
+    n = np.shape(weights)[0]
+  else:
+    _check_loss_args(loss, temperature)
+    n = _checks.check_ridge_inputs(weights, targets, features, kernel, reg, eval_mask)
   dtype = _checks.float_dtype(features if features is not None else kernel, targets)
   cast = lambda a: jnp.asarray(a, dtype)
   if features is not None:
@@ -428,9 +427,61 @@ def loo_loss(weights: jax.Array, targets: jax.Array, *,
   Returns:
     Scalar LOO loss.
   """
-  args, form = _prepare(weights, targets, features, kernel, reg, eval_mask, loss, temperature)
+  _check_loss_args(loss, temperature)
+  _checks.check_ridge_inputs(weights, targets, features, kernel, reg, eval_mask)
+  fast = _eager_host(weights, targets, features, kernel, reg, eval_mask, loss, temperature,
+                     with_grad=False)
+  if fast is not None:
+    return _checks.raise_if_nonfinite(fast, reg, "leave-one-out loss")
+  args, form = _prepare(weights, targets, features, kernel, reg, eval_mask, loss, temperature,
+                        checked=True)
   out = _loo_loss_jit(*args, form=form, loss=loss)
   return _checks.raise_if_nonfinite(out, reg, "leave-one-out loss")
+
+
+def _on_cpu(x) -> bool:
+  """True for a NumPy array (computed on the default backend) or a jax.Array on CPU."""
+  if isinstance(x, jax.Array):
+    return all(d.platform == "cpu" for d in x.devices())
+  return jax.default_backend() == "cpu"
+
+
+def _eager_host(weights, targets, features, kernel, reg, eval_mask, loss, temperature,
+                with_grad):
+  """The host (NumPy/SciPy) value [and gradient] for concrete inputs on the CPU backend,
+  called directly: no copy of the features into a jax.Array and none into the callback
+  (`jax.pure_callback` puts its operands on the device first, ~0.4 s for 200 MB here).
+  None when this does not apply (tracers, GPU/TPU, the wide-feature dual, other dtypes,
+  DIVA_HOST_BLAS=0); the caller then runs the jitted path, which gives the same numbers.
+  Inputs are already validated."""
+  x = features if features is not None else kernel
+  parts = (weights, targets, x, reg, eval_mask, temperature)
+  if (not _blas.enabled() or not all(_checks.is_concrete(a) for a in parts if a is not None)
+      or not all(_on_cpu(a) for a in parts if a is not None)):
+    return None
+  n = np.shape(weights)[0]
+  if features is not None and np.shape(features)[1] > n:
+    return None  # gram_dual: the jitted path forms Z Z^T
+  dtype = _checks.float_dtype(x, targets)
+  if dtype not in (jnp.float32, jnp.float64):
+    return None
+  np_dtype = np.dtype(dtype)
+  cast = lambda a: np.asarray(a, np_dtype)  # a view when the dtype already matches
+  mask = np.ones(n, np_dtype) if eval_mask is None else cast(np.asarray(eval_mask))
+  host_fn = _host.primal_value_and_grad if features is not None else _host.dual_value_and_grad
+  value, grad = host_fn(cast(weights), cast(targets), cast(x), np_dtype.type(reg), mask,
+                        np_dtype.type(temperature), loss=loss, with_grad=with_grad)
+  value = jnp.asarray(value, dtype)
+  return (value, jnp.asarray(grad, dtype)) if with_grad else value
+
+
+def _check_loss_args(loss, temperature):
+  if loss not in LOSSES:
+    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}.")
+  if jnp.ndim(temperature) != 0:
+    raise ValueError(f"temperature must be a scalar, got shape {jnp.shape(temperature)}.")
+  if _checks.is_concrete(temperature) and not float(temperature) > 0:
+    raise ValueError(f"temperature must be > 0, got {float(temperature)}.")
 
 
 def loo_loss_and_derivative(weights: jax.Array, targets: jax.Array, *,
@@ -441,8 +492,20 @@ def loo_loss_and_derivative(weights: jax.Array, targets: jax.Array, *,
                             eval_mask: Optional[jax.Array] = None,
                             temperature: float | jax.Array = 1.0
                             ) -> tuple[jax.Array, jax.Array]:
-  """(loo_loss, dataset_derivative) from one factorisation. Arguments as in `loo_loss`."""
-  args, form = _prepare(weights, targets, features, kernel, reg, eval_mask, loss, temperature)
+  """(loo_loss, dataset_derivative) from one factorisation. Arguments as in `loo_loss`.
+
+  Called with concrete arrays on the CPU backend (not under a trace), it runs the host
+  BLAS path directly on the caller's buffers (no copies); under `jit`/`grad`, or on GPU and
+  TPU, the same maths runs compiled (a host callback on CPU).
+  """
+  _check_loss_args(loss, temperature)
+  _checks.check_ridge_inputs(weights, targets, features, kernel, reg, eval_mask)
+  fast = _eager_host(weights, targets, features, kernel, reg, eval_mask, loss, temperature,
+                     with_grad=True)
+  if fast is not None:
+    return _checks.raise_if_nonfinite(fast, reg, "dataset derivative")
+  args, form = _prepare(weights, targets, features, kernel, reg, eval_mask, loss, temperature,
+                        checked=True)
   out = _loo_value_and_grad_jit(*args, form=form, loss=loss)
   return _checks.raise_if_nonfinite(out, reg, "dataset derivative")
 

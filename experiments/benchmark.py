@@ -1,7 +1,9 @@
 r"""Benchmark: LOO value + dataset derivative against its peers, in one process and run.
 
-For each size, measured in the same run (medians over --repeats):
-  * diva_jax value + gradient (primal, explicit gradient), float64 and float32;
+For each size, measured in the same run (medians over --repeats, contenders timed
+round-robin so that the machine's drift hits them alike):
+  * diva_jax value + gradient (`diva_jax.loo_loss_and_derivative` on NumPy arrays, the call
+    a user makes, boundary checks included), float64 and float32;
   * scikit-learn RidgeCV's exact LOO values (fit_intercept=False, sample weights, same reg),
     float64: the value alone, no gradient;
   * plain jax.value_and_grad through the reference closed form;
@@ -32,6 +34,8 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+import diva_jax
 
 flags.DEFINE_string("workdir", None, "Where benchmark.json is written.", required=True)
 flags.DEFINE_list("sizes", ["2000", "5000", "20000"], "Primal sample counts n.")
@@ -114,28 +118,29 @@ def bench_primal(n, d, c, repeats, rng):
   flops = (4.0 if on_cpu else 5.0) * n * d * d + d ** 3 / 3.0
   row["flops_value_and_grad"] = flops
 
+  # Ours: the public call a user makes, on NumPy arrays (boundary checks included).
   args = {}
   fns = {"sklearn_f64": ridge}
-  for dt, name in ((jnp.float64, "f64"), (jnp.float32, "f32")):
-    args[name] = (jnp.asarray(a, dt), jnp.asarray(y, dt), jnp.asarray(z, dt),
-                  jnp.asarray(reg, dt), jnp.ones(n, dt), jnp.asarray(1.0, dt))
+  for dt, name in ((np.float64, "f64"), (np.float32, "f32")):
+    args[name] = (a.astype(dt), y.astype(dt), z.astype(dt))
     fns[f"ours_{name}"] = functools.partial(
-        lambda xs: jax.block_until_ready(
-            loo._loo_value_and_grad_jit(*xs, form="primal", loss="mse")), args[name])
+        lambda xs: jax.block_until_ready(diva_jax.loo_loss_and_derivative(
+            xs[0], xs[1], features=xs[2], reg=reg, loss="mse")), args[name])
   medians, all_times = _interleaved_medians(fns, repeats)
   row["times_s"] = all_times
   row["sklearn_f64_s"] = medians["sklearn_f64"]
   ref64 = None
-  for dt, name in ((jnp.float64, "f64"), (jnp.float32, "f32")):
+  for dt, name in ((np.float64, "f64"), (np.float32, "f32")):
     row[f"ours_{name}_s"] = medians[f"ours_{name}"]
     value, grad = fns[f"ours_{name}"]()
     row[f"ours_{name}_ratio_to_sklearn"] = row[f"ours_{name}_s"] / row["sklearn_f64_s"]
     rate = _matmul_rate(np.asarray(z, dt))
     row[f"matmul_{name}_gflops"] = rate / 1e9
     row[f"ours_{name}_fraction_of_matmul_rate"] = flops / row[f"ours_{name}_s"] / rate
-    if dt == jnp.float64:
+    if dt == np.float64:
       ref64 = (float(value), np.asarray(grad))
-      preds = loo._loo_predictions_jit(*args[name][:4], form="primal")
+      preds = diva_jax.loo_predictions(args[name][0], args[name][1], features=args[name][2],
+                                       reg=reg)
       row["max_abs_diff_loo_vs_sklearn"] = float(np.max(np.abs(np.asarray(preds) - sk_loo)))
     else:
       row["f32_rel_err_value"] = abs(float(value) - ref64[0]) / abs(ref64[0])
@@ -143,8 +148,10 @@ def bench_primal(n, d, c, repeats, rng):
                                       / np.linalg.norm(ref64[1]))
     if n <= FLAGS.autodiff_max_n:
       vg = jax.jit(jax.value_and_grad(loo._loo_loss_reference), static_argnums=(6, 7))
+      xs = tuple(jnp.asarray(v) for v in args[name]) + (jnp.asarray(reg, dt),
+                                                         jnp.ones(n, dt), jnp.asarray(1.0, dt))
       row[f"autodiff_{name}_s"] = _median_time(
-          lambda: jax.block_until_ready(vg(*args[name], "primal", "mse")), max(1, repeats // 2))
+          lambda: jax.block_until_ready(vg(*xs, "primal", "mse")), max(1, repeats // 2))
       row[f"autodiff_{name}_ratio_to_sklearn"] = row[f"autodiff_{name}_s"] / row["sklearn_f64_s"]
 
   # Brute force: n refits of the weighted normal equations (numpy, float64).
