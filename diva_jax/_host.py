@@ -38,6 +38,11 @@ def mm(a, b):
   return gemm(1.0, fa, fb, trans_a=ta, trans_b=tb)
 
 
+def mm_c(a, b):
+  """a @ b by SciPy's ?gemm, C-ordered (computed as (b^T a^T)^T: no copy)."""
+  return mm(b.T, a.T).T
+
+
 def _syrk(x):
   """x^T x, full and exactly symmetric, by ?syrk (half a GEMM's flops)."""
   fn = _sblas.dsyrk if x.dtype == np.float64 else _sblas.ssyrk
@@ -202,11 +207,11 @@ def primal_value_and_grad(weights, targets, features, reg, mask, temperature, lo
     chol, bt = factor
     coef = trsm(1.0, chol, mm(z.T, weights[:, None] * targets), side=0, lower=0, trans_a=1)
     s_diag = np.einsum("jk,jk->k", bt, bt)  # S_kk = ||b_k||^2
-    fitted = mm(bt.T, coef)  # S A Y = B (B^T A Y)
+    fitted = mm_c(bt.T, coef)  # S A Y = B (B^T A Y)
     h = weights * s_diag
     return _value_and_grad(
         fitted, h, 1.0 - h, s_diag, weights, targets, mask, temperature, loss, with_grad,
-        apply_s=lambda v: mm(bt.T, mm(bt, v)),
+        apply_s=lambda v: mm_c(bt.T, mm(bt, v)),
         apply_s_sq=lambda w: quadratic_forms_t(bt, signed_gram_upper_t(bt, w)))
 
 
@@ -277,7 +282,7 @@ def stream_pass2(z, a, y, m, chol, coef, temperature, denom, loss, m_acc, buf=No
     bt = trsm(1.0, chol, z.T, side=0, lower=0, trans_a=1)  # U^-T Z_b^T  [d, k]
     s_diag = np.einsum("jk,jk->k", bt, bt)
     del bt
-    e = np.ascontiguousarray(mm(z, coef))
+    e = mm_c(z, coef)  # Yhat [k, c]
     e -= y  # Yhat - y
     h = a * s_diag
     inv = 1.0 / (1.0 - h)
@@ -310,7 +315,7 @@ def stream_grad_stage(c_inv, m_upper, ztg):
 
 def stream_pass3(z, resid, s_diag, u, q_halved, v):
   """dL/da of a block: <r_k, z_k^T v> + u_k S_kk - z_k^T Q z_k (?trmm on Q's triangle)."""
-  return (np.einsum("kc,kc->k", resid, mm(z, v)) + u * s_diag
+  return (np.einsum("kc,kc->k", resid, mm_c(z, v)) + u * s_diag
           - quadratic_forms_t(z.T, q_halved, halved=True))
 
 
@@ -351,7 +356,7 @@ def dual_value_and_grad(weights, targets, kernel, reg, mask, temperature, loss: 
         return nan
       m_inv_diag = np.sum(linv * linv, axis=0)  # (M^-1)_ii = sum_k (L^-1)_ki^2
       beta = sa[:, None] * mm(linv.T, mm(linv, ay))
-      fitted = mm(kernel, beta)
+      fitted = mm_c(kernel, beta)
       one_minus_h = reg * m_inv_diag
       h = 1.0 - one_minus_h
       s_diag = None
@@ -361,12 +366,12 @@ def dual_value_and_grad(weights, targets, kernel, reg, mask, temperature, loss: 
       s = kernel - _syrk(v)
       s /= reg
       s_diag = np.diagonal(s).copy()
-      fitted = mm(s, weights[:, None] * targets)
+      fitted = mm_c(s, weights[:, None] * targets)
       h = weights * s_diag
       one_minus_h = 1.0 - h
     if not with_grad:
       return _value_and_grad(fitted, h, one_minus_h, None, weights, targets, mask,
                              temperature, loss, False, None, None)
     return _value_and_grad(fitted, h, one_minus_h, s_diag, weights, targets, mask,
-                           temperature, loss, True, apply_s=lambda g: mm(s, g),
+                           temperature, loss, True, apply_s=lambda g: mm_c(s, g),
                            apply_s_sq=lambda w: mm(s * s, w[:, None])[:, 0])

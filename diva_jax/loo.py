@@ -523,9 +523,11 @@ def dataset_derivative(weights: jax.Array, targets: jax.Array, *,
   negative entries help. Exact (closed form), finite at zero weights. Arguments as in
   `loo_loss`.
 
-  Cost: primal about 5 n d^2 + d^3/3 flops (two symmetric rank-n updates, a triangular
-  solve and one GEMM; 2.5 Gram products) and O(n d + d^2) memory; dual about n^3/3
-  (Cholesky) + n^3 (triangular solve) + n^3 (forming S), O(n^2) memory.
+  Cost: primal about 4 n d^2 + d^3/3 flops on CPU (two symmetric rank-n updates, a
+  triangular solve and a triangular product: the flops of two general products Z^T W) and
+  O(n d + d^2) memory, ~5 n d^2 in the XLA version (GPU, TPU); dual about n^3/3 (Cholesky)
+  + n^3 (triangular solve) + n^3 (forming S), O(n^2) memory. For n beyond memory, see
+  `diva_jax.streaming`.
   """
   return loo_loss_and_derivative(
       weights, targets, features=features, kernel=kernel, reg=reg, loss=loss,
