@@ -427,16 +427,24 @@ def loo_loss(weights: jax.Array, targets: jax.Array, *,
   Returns:
     Scalar LOO loss.
   """
+  return _loss_call(weights, targets, features, kernel, reg, eval_mask, loss, temperature,
+                    with_grad=False)
+
+
+def _loss_call(weights, targets, features, kernel, reg, eval_mask, loss, temperature,
+               with_grad):
+  """Validates, then the eager host path (concrete CPU inputs) or the jitted one."""
   _check_loss_args(loss, temperature)
   _checks.check_ridge_inputs(weights, targets, features, kernel, reg, eval_mask)
+  what = "dataset derivative" if with_grad else "leave-one-out loss"
   fast = _eager_host(weights, targets, features, kernel, reg, eval_mask, loss, temperature,
-                     with_grad=False)
+                     with_grad=with_grad)
   if fast is not None:
-    return _checks.raise_if_nonfinite(fast, reg, "leave-one-out loss")
+    return _checks.raise_if_nonfinite(fast, reg, what)
   args, form = _prepare(weights, targets, features, kernel, reg, eval_mask, loss, temperature,
                         checked=True)
-  out = _loo_loss_jit(*args, form=form, loss=loss)
-  return _checks.raise_if_nonfinite(out, reg, "leave-one-out loss")
+  jitted = _loo_value_and_grad_jit if with_grad else _loo_loss_jit
+  return _checks.raise_if_nonfinite(jitted(*args, form=form, loss=loss), reg, what)
 
 
 def _on_cpu(x) -> bool:
@@ -498,16 +506,8 @@ def loo_loss_and_derivative(weights: jax.Array, targets: jax.Array, *,
   BLAS path directly on the caller's buffers (no copies); under `jit`/`grad`, or on GPU and
   TPU, the same maths runs compiled (a host callback on CPU).
   """
-  _check_loss_args(loss, temperature)
-  _checks.check_ridge_inputs(weights, targets, features, kernel, reg, eval_mask)
-  fast = _eager_host(weights, targets, features, kernel, reg, eval_mask, loss, temperature,
-                     with_grad=True)
-  if fast is not None:
-    return _checks.raise_if_nonfinite(fast, reg, "dataset derivative")
-  args, form = _prepare(weights, targets, features, kernel, reg, eval_mask, loss, temperature,
-                        checked=True)
-  out = _loo_value_and_grad_jit(*args, form=form, loss=loss)
-  return _checks.raise_if_nonfinite(out, reg, "dataset derivative")
+  return _loss_call(weights, targets, features, kernel, reg, eval_mask, loss, temperature,
+                    with_grad=True)
 
 
 def dataset_derivative(weights: jax.Array, targets: jax.Array, *,
