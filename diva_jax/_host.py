@@ -171,7 +171,7 @@ def primal_factor(weights, features, reg):
   """(U, B^T): upper Cholesky factor U^T U = Z^T A Z + reg I [d, d], and B^T = U^-T Z^T
   [d, n] (Fortran-ordered), so that the hat matrix is S = B B^T. None when the
   factorisation fails."""
-  syrk, trsm, _, potrf = _blas_fns(features.dtype)
+  _, trsm, _, potrf = _blas_fns(features.dtype)
   d = features.shape[1]
   if np.all(weights >= 0):
     gram = gram_upper(features, np.sqrt(weights))

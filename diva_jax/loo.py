@@ -38,10 +38,11 @@ Dual implementation: M = reg I + A^1/2 K A^1/2 = L L^T, V = L^-1 A^1/2 K [n, n] 
 S = (K - V^T V) / reg. The value needs a Cholesky and a triangular inverse
 (1 - h_i = reg (M^-1)_ii, Yhat = K A^1/2 M^-1 A^1/2 Y); the gradient forms S.
 
-On the CPU backend (float32 and float64) both forms run in one host callback with SciPy's
-BLAS and LAPACK (`diva_jax._host`; XLA:CPU's float64 GEMM is 2-3x slower than OpenBLAS, and
-XLA has no ?syrk or ?trmm), tested equal to the XLA code that GPU and TPU run. The reference closed form, which autodiff goes
-through, is always plain JAX.
+On the CPU backend (float32 and float64) both forms run with SciPy's BLAS and LAPACK
+(`diva_jax._host`; XLA:CPU's float64 GEMM is 2-3x slower than OpenBLAS, and XLA has no ?syrk
+or ?trmm): directly on the caller's arrays for concrete inputs, in one host callback under a
+trace. Tested equal to the XLA code that GPU and TPU run. The reference closed form, which
+autodiff goes through, is always plain JAX.
 """
 
 from __future__ import annotations
