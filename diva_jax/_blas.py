@@ -23,6 +23,8 @@ import numpy as np
 from jax import lax
 from scipy.linalg import blas as _sblas
 
+from diva_jax import _host
+
 __all__ = ["enabled", "matmul", "gram", "trsm_right_lower_t", "trsm_left_lower"]
 
 _HI = lax.Precision.HIGHEST
@@ -48,7 +50,6 @@ def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
   dtype = jnp.result_type(a, b)
 
   def host(a_, b_):  # SciPy's ?gemm: one OpenBLAS thread pool with ?syrk/?trsm (diva_jax._host)
-    from diva_jax import _host
     return _host.mm(np.asarray(a_, dtype), np.asarray(b_, dtype))
 
   cpu = lambda a_, b_: _callback(host, (a.shape[0], b.shape[1]), dtype, a_, b_)
