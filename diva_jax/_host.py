@@ -11,8 +11,8 @@ run the XLA version.
 One BLAS library: every product here goes through SciPy's BLAS (`mm`, ?syrk, ?trsm, ?trmm),
 never NumPy's `@` on large operands. NumPy's and SciPy's wheels each bundle their own
 OpenBLAS with its own thread pool, and a pool's threads spin for a while after each call:
-a SciPy call right after a NumPy GEMM ran 25-35% slower on 2 cores (measured here, a
-[5000, 1280] float64 ?trsm: 0.19-0.21 s against 0.15 s).
+a SciPy call right after a NumPy GEMM ran 20-50% slower on 2 cores (measured here, a
+[5000, 1280] float64 ?trsm: 0.19-0.21 s against 0.13-0.16 s; snippet in BUILD.md).
 """
 
 from __future__ import annotations
@@ -117,10 +117,11 @@ def signed_gram_upper_t(bt, w, out=None, buf=None):
   block = buf.shape[0]
   b = bt.T  # C-ordered [n, d]
   root = np.sqrt(np.abs(w))
-  # Rows with w > 0 first, then w < 0 (w = 0 rows contribute nothing and are dropped).
-  order = np.argsort(np.where(w > 0, 0, np.where(w < 0, 1, 2)), kind="stable")
   n_pos, n_nz = int(np.sum(w > 0)), int(np.sum(w != 0))
   identity = n_pos == n
+  # Otherwise rows with w > 0 first, then w < 0 (w = 0 rows contribute nothing, dropped).
+  order = None if identity else np.argsort(np.where(w > 0, 0, np.where(w < 0, 1, 2)),
+                                           kind="stable")
   c = np.zeros((d, d), bt.dtype, order="F") if out is None else out
   for s in range(0, n_nz, block):
     e = min(s + block, n_nz)

@@ -459,7 +459,7 @@ def _eager_host(weights, targets, features, kernel, reg, eval_mask, loss, temper
                 with_grad):
   """The host (NumPy/SciPy) value [and gradient] for concrete inputs on the CPU backend,
   called directly: no copy of the features into a jax.Array and none into the callback
-  (`jax.pure_callback` puts its operands on the device first, ~0.4 s for 200 MB here).
+  (`jax.pure_callback` puts its operands on the device first, 0.3-0.5 s for 200 MB here).
   None when this does not apply (tracers, GPU/TPU, the wide-feature dual, other dtypes,
   DIVA_HOST_BLAS=0); the caller then runs the jitted path, which gives the same numbers.
   Inputs are already validated."""
@@ -476,7 +476,7 @@ def _eager_host(weights, targets, features, kernel, reg, eval_mask, loss, temper
     return None
   np_dtype = np.dtype(dtype)
   cast = lambda a: np.asarray(a, np_dtype)  # a view when the dtype already matches
-  mask = np.ones(n, np_dtype) if eval_mask is None else cast(np.asarray(eval_mask))
+  mask = np.ones(n, np_dtype) if eval_mask is None else cast(eval_mask)
   host_fn = _host.primal_value_and_grad if features is not None else _host.dual_value_and_grad
   value, grad = host_fn(cast(weights), cast(targets), cast(x), np_dtype.type(reg), mask,
                         np_dtype.type(temperature), loss=loss, with_grad=with_grad)

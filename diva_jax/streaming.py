@@ -303,7 +303,7 @@ def streamed_loo_loss_and_derivative(
   r_all = np.empty((n, c), dtype)
   preds_all = np.empty((n, c), dtype) if return_predictions else None
   xp = np if host else jnp
-  m_acc = xp.zeros((d, d), dtype, **({"order": "F"} if host else {}))
+  m_acc = np.zeros((d, d), dtype, order="F") if host else jnp.zeros((d, d), dtype)
   ztg = xp.zeros((d, c), dtype)
   value = xp.zeros((), dtype)
   for start, stop in _blocks(n, block_size):
