@@ -12,6 +12,8 @@ the whole pool, with its many more clean samples, can still do better.
 
 import ml_collections
 
+from configs import apply_variants
+
 
 def get_config(arg=None):
   c = ml_collections.ConfigDict()
@@ -34,19 +36,30 @@ def get_config(arg=None):
   c.loss = "mse"                 # mse | ce
   c.derivative_reg_multiplier = 10.0  # derivative at (exact-LOO reg of the core) x this
   c.temperature = 0.3
-  c.reg = "auto"                 # number > 0 or 'auto' (exact-LOO optimum on the training set)
-  c.uniform_repeats = 3
+  c.reg = 0.0                    # ridge reg > 0, or 0.0 = the exact-LOO optimum of each fit
+  c.uniform_repeats = 3          # seeds of the uniform-pick baseline (>= 1)
   c.plots = True
-  if arg == "runlocal":
-    c.max_train, c.max_test, c.image_size = 1000, 300, 64
-    c.core_size, c.budgets, c.k, c.uniform_repeats = 50, (25, 50, 100, 200), 10, 2
-  elif arg == "jacobian":  # also linearise the backbone's last 1x1 conv + batch-norm
-    c.linearize = "last_layer+jacobian"
-  elif arg == "pixels":
-    c.backbone = "pixels"
-  elif arg not in (None, ""):
-    raise ValueError(f"unknown variant {arg!r}: expected runlocal, jacobian or pixels.")
-  return c
+  return apply_variants(c, arg, VARIANTS)
+
+
+def _runlocal(c):
+  c.max_train, c.max_test, c.image_size = 1000, 300, 64
+  c.core_size, c.budgets, c.k, c.uniform_repeats = 50, (25, 50, 100, 200), 10, 2
+
+
+def _digits(c):  # scikit-learn's 8x8 digits: 1,438 train images
+  c.dataset = "digits"
+
+
+def _jacobian(c):  # also linearise the backbone's last 1x1 conv + batch-norm
+  c.linearize = "last_layer+jacobian"
+
+
+def _pixels(c):
+  c.backbone = "pixels"
+
+
+VARIANTS = {"runlocal": _runlocal, "digits": _digits, "jacobian": _jacobian, "pixels": _pixels}
 
 
 def get_hyper(hyper):

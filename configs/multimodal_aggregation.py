@@ -19,6 +19,8 @@ step: core 1.20, sklearn digits 0.95, printed digits 0.96.
 
 import ml_collections
 
+from configs import apply_variants
+
 
 def get_config(arg=None):
   c = ml_collections.ConfigDict()
@@ -31,7 +33,8 @@ def get_config(arg=None):
   c.batch_size = 64
   c.seed = 0
   c.shots = 20                   # core images per class (the paper: 20)
-  c.candidate_modalities = ("sklearn_digits", "printed_digits")
+  c.candidate_modalities = ("sklearn_digits", "printed_digits")  # | mnist_pool (the
+  # rest of the core dataset's train split)
   c.glyphs_per_class = 60
   c.max_per_modality = 0         # 0 = all
   c.core_npz = ""                # user embeddings instead of images: features, labels
@@ -41,16 +44,28 @@ def get_config(arg=None):
   c.k = 10
   c.loss = "mse"
   c.temperature = 0.3
-  c.reg = "auto"
+  c.reg = 0.0                    # ridge reg > 0, or 0.0 = the exact-LOO optimum of each fit
   c.derivative_reg_multiplier = 10.0
-  c.group_steps = 1
+  c.group_steps = 1              # modality-weight steps (0 = no group reweighting)
   c.plots = True
-  if arg == "runlocal":
-    c.image_size, c.max_test, c.shots = 64, 300, 10
-    c.glyphs_per_class, c.max_per_modality, c.budget = 20, 300, 100
-  elif arg not in (None, ""):
-    raise ValueError(f"unknown variant {arg!r}: expected runlocal.")
-  return c
+  return apply_variants(c, arg, VARIANTS)
+
+
+def _runlocal(c):
+  c.image_size, c.max_test, c.shots = 64, 300, 10
+  c.glyphs_per_class, c.max_per_modality, c.budget = 20, 300, 100
+
+
+def _digits(c):  # core from scikit-learn's 8x8 digits; candidates: its pool and glyphs
+  c.dataset = "digits"
+  c.candidate_modalities = ("mnist_pool", "printed_digits")
+
+
+def _pixels(c):  # raw pixels, every modality resized to the core's image shape
+  c.backbone = "pixels"
+
+
+VARIANTS = {"runlocal": _runlocal, "digits": _digits, "pixels": _pixels}
 
 
 def get_hyper(hyper):

@@ -4,19 +4,25 @@ The functional core: exact closed-form leave-one-out (LOO) of weighted ridge reg
 features or a kernel, and its gradient in the sample weights (the dataset derivative).
 """
 
-from diva_jax.loo import LOSSES
-from diva_jax.loo import RegSelection
+from diva_jax.backend import BACKENDS
+from diva_jax.closed_form import LOSSES
+from diva_jax.closed_form import reference_loo_loss
 from diva_jax.loo import dataset_derivative
 from diva_jax.loo import loo_loss
 from diva_jax.loo import loo_loss_and_derivative
 from diva_jax.loo import loo_predictions
-from diva_jax.loo import ridge_predict
-from diva_jax.loo import select_reg
-from diva_jax.loo import validation_derivative
-from diva_jax.loo import validation_loss
+from diva_jax.reg_selection import RegSelection
+from diva_jax.reg_selection import select_reg
+from diva_jax.results import LooResult
+from diva_jax.streaming import streamed_loo_loss_and_derivative
+from diva_jax.validation import ridge_predict
+from diva_jax.validation import validation_derivative
+from diva_jax.validation import validation_loss
 
-__version__ = "0.1.0"
-
+from diva_jax.curation import DetectionMetrics
+from diva_jax.curation import ExtendResult
+from diva_jax.curation import GroupReweightResult
+from diva_jax.curation import ReweightResult
 from diva_jax.curation import auroc
 from diva_jax.curation import detect_detrimental
 from diva_jax.curation import detection_metrics
@@ -25,7 +31,6 @@ from diva_jax.curation import group_derivative
 from diva_jax.curation import reweight
 from diva_jax.curation import reweight_groups
 from diva_jax.curation import tune_augmentations
-from diva_jax.streaming import streamed_loo_loss_and_derivative
 
 from diva_jax.linearize import linearize
 from diva_jax.linearize import parameter_paths
@@ -37,3 +42,18 @@ from diva_jax.ntk import projected_jacobian_features
 from diva_jax.sharding import data_mesh
 from diva_jax.sharding import shard_rows
 from diva_jax.sharding import sharded_gram
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS", "LOSSES", "LooResult", "RegSelection", "DetectionMetrics", "ExtendResult",
+    "GroupReweightResult", "ReweightResult",
+    "loo_predictions", "loo_loss", "loo_loss_and_derivative", "dataset_derivative",
+    "reference_loo_loss", "streamed_loo_loss_and_derivative", "select_reg", "ridge_predict",
+    "validation_loss", "validation_derivative",
+    "auroc", "detect_detrimental", "detection_metrics", "extend", "group_derivative",
+    "reweight", "reweight_groups", "tune_augmentations",
+    "linearize", "parameter_paths", "path_excludes", "path_matches",
+    "empirical_ntk_fn", "jacobian_features", "projected_jacobian_features",
+    "data_mesh", "shard_rows", "sharded_gram",
+]

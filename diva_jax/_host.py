@@ -1,18 +1,22 @@
-"""The LOO value and explicit gradient in NumPy/SciPy, for the CPU backend.
+"""The host BLAS backend: LOO value and explicit gradient in NumPy/SciPy, for the CPU.
 
-Same maths as `diva_jax.loo._loo_value_and_grad`; the tests check that both agree. Why a
-host version: XLA:CPU's dense dot is 2-3x slower than OpenBLAS in float64 (jax-ml/jax#3832)
-and XLA has no symmetric rank-k update (?syrk) or triangular product (?trmm), which halve
-the flops of Gram matrices and quadratic forms; every `pure_callback` crossing copies its
-arrays, so the whole computation runs in one callback (Z in, the [n] gradient out).
-`diva_jax.loo` dispatches here through `jax.lax.platform_dependent` on CPU only; GPU and TPU
-run the XLA version.
+Computes only the hat-matrix products; the value-and-gradient formula is
+`diva_jax.closed_form.value_and_grad_tail`, shared with the XLA backend (`diva_jax._xla`)
+and the streamed passes. `diva_jax.backend` decides which backend runs.
+
+Why a host version: XLA:CPU's dense dot is 2-3x slower than OpenBLAS in float64
+(jax-ml/jax#3832) and XLA has no symmetric rank-k update (?syrk) or triangular product
+(?trmm), which halve the flops of Gram matrices and quadratic forms.
 
 One BLAS library: every product here goes through SciPy's BLAS (`mm`, ?syrk, ?trsm, ?trmm),
 never NumPy's `@` on large operands. NumPy's and SciPy's wheels each bundle their own
 OpenBLAS with its own thread pool, and a pool's threads spin for a while after each call:
-a SciPy call right after a NumPy GEMM ran 20-50% slower on 2 cores (measured here, a
-[5000, 1280] float64 ?trsm: 0.19-0.21 s against 0.13-0.16 s; snippet in BUILD.md).
+a SciPy call right after a NumPy GEMM ran 20-50% slower on 2 cores (snippet in BUILD.md).
+
+float32: the dual forms (kernel, or features with d > n) run in float64 internally (math.md,
+"the interpolating regime": float32 keeps nothing there at small reg); the primal form stays
+in float32 while the bound eps * kappa / min(1 - h) <= `F32_TOL` (kappa >= the squared ratio
+of the Cholesky factor's extreme diagonal entries) and is redone in float64 otherwise.
 """
 
 from __future__ import annotations
@@ -20,6 +24,10 @@ from __future__ import annotations
 import numpy as np
 from scipy.linalg import blas as _sblas
 from scipy.linalg import lapack as _lapack
+
+from diva_jax import closed_form as cf
+
+F32_TOL = 1e-3  # as diva_jax._xla.F32_TOL
 
 
 def _fortran(a):
@@ -48,20 +56,6 @@ def _syrk(x):
   fn = _sblas.dsyrk if x.dtype == np.float64 else _sblas.ssyrk
   upper = fn(1.0, x.T, trans=0, lower=0)  # x^T of a C-ordered x is Fortran-ordered: no copy
   return np.triu(upper) + np.triu(upper, 1).T
-
-
-def loss_and_grad(loss, preds, targets, temperature):
-  """Per-sample loss [n] and its gradient in the prediction [n, c]."""
-  if loss == "mse":
-    diff = preds - targets
-    return np.sum(diff * diff, axis=1), 2.0 * diff
-  logits = preds / temperature
-  logits = logits - logits.max(axis=1, keepdims=True)
-  logz = np.log(np.sum(np.exp(logits), axis=1, keepdims=True))
-  log_p = logits - logz
-  per = -np.sum(targets * log_p, axis=1)
-  grad = (np.exp(log_p) * targets.sum(axis=1, keepdims=True) - targets) / temperature
-  return per, grad
 
 
 def _blas_fns(dtype):
@@ -188,7 +182,7 @@ def primal_factor(weights, features, reg):
 
 def primal_value_and_grad(weights, targets, features, reg, mask, temperature, loss: str,
                           with_grad: bool):
-  """(value, gradient [n]) or (value, None); the arguments as in `diva_jax.loo`.
+  """(value, gradient [n] or None) of the primal form, in the features' dtype.
 
   ~4 n d^2 flops for value and gradient, all in symmetric or triangular BLAS: Z^T A Z
   (syrk), B = Z L^-T (trsm), N = B^T diag(a u) B (syrk over each sign) and b_k^T N b_k
@@ -200,179 +194,79 @@ def primal_value_and_grad(weights, targets, features, reg, mask, temperature, lo
   trsm = _blas_fns(dtype)[1]
   weights, targets, mask = (np.asarray(v, dtype) for v in (weights, targets, mask))
   reg, temperature = dtype.type(reg), dtype.type(temperature)
+
+  def promoted():
+    f64 = lambda a: np.asarray(a, np.float64)
+    value, grad = primal_value_and_grad(f64(weights), f64(targets), f64(z), float(reg),
+                                        f64(mask), float(temperature), loss, with_grad)
+    return value.astype(dtype), (None if grad is None else grad.astype(dtype))
+
   with np.errstate(all="ignore"):  # a failed factorisation surfaces as NaN, checked later
     factor = primal_factor(weights, z, reg)
     if factor is None:
-      nan = np.full((), np.nan, dtype)
-      return nan, (np.full(n, np.nan, dtype) if with_grad else None)
+      if dtype == np.float32:
+        return promoted()
+      return np.full((), np.nan, dtype), (np.full(n, np.nan, dtype) if with_grad else None)
     chol, bt = factor
     coef = trsm(1.0, chol, mm(z.T, weights[:, None] * targets), side=0, lower=0, trans_a=1)
     s_diag = np.einsum("jk,jk->k", bt, bt)  # S_kk = ||b_k||^2
     fitted = mm_c(bt.T, coef)  # S A Y = B (B^T A Y)
-    h = weights * s_diag
-    return _value_and_grad(
-        fitted, h, 1.0 - h, s_diag, weights, targets, mask, temperature, loss, with_grad,
+    one_minus_h = 1.0 - weights * s_diag
+    if dtype == np.float32:
+      diag = np.abs(np.diagonal(chol))
+      kappa = (diag.max() / diag.min()) ** 2
+      pos = weights > 0
+      min_omh = one_minus_h[pos].min() if pos.any() else 1.0
+      if not np.finfo(dtype).eps * kappa / min_omh <= F32_TOL:
+        return promoted()
+    value, grad = cf.value_and_grad_tail(
+        np, fitted, one_minus_h, s_diag, weights, targets, mask, temperature, loss, with_grad,
         apply_s=lambda v: mm_c(bt.T, mm(bt, v)),
         apply_s_sq=lambda w: quadratic_forms_t(bt, signed_gram_upper_t(bt, w)))
-
-
-def _value_and_grad(fitted, h, one_minus_h, s_diag, weights, targets, mask, temperature,
-                    loss, with_grad, apply_s, apply_s_sq):
-  """The LOO loss and its explicit gradient from the hat-matrix quantities of either form.
-
-  apply_s(v) = S v and apply_s_sq(w) = sum_i w_i S_ik^2 (the module docstring of
-  `diva_jax.loo` has the formula).
-  """
-  dtype = fitted.dtype
-  preds = (fitted - h[:, None] * targets) / one_minus_h[:, None]
-  per, g = loss_and_grad(loss, preds, targets, temperature)
-  denom = mask.sum()
-  value = np.asarray(np.sum(mask * per) / denom, dtype)
-  if not with_grad:
-    return value, None
-  g = g * (mask / denom)[:, None]
-  u = np.sum(g * (preds - targets), axis=1) / one_minus_h
-  grad = (np.sum((targets - fitted) * apply_s(g / one_minus_h[:, None]), axis=1)
-          + u * s_diag - apply_s_sq(weights * u))
-  return value, np.asarray(grad, dtype)
-
-
-# ----------------------------------------------------------------------------------------
-# The three passes of the streamed primal form (diva_jax.streaming), on host blocks.
-# ----------------------------------------------------------------------------------------
-
-
-def stream_pass1(z, a, y, gram, zay, buf=None):
-  """Adds a block's Z_b^T A_b Z_b (upper triangle, by ?syrk) to `gram` [d, d] (Fortran-
-  ordered, in place) and returns zay + Z_b^T A_b Y_b. A non-finite feature makes that [d, c]
-  product non-finite (inf * 0 is NaN), so checking it checks the block. `buf`: scratch as in
-  `gram_upper`."""
-  with np.errstate(all="ignore"):  # non-finite features: reported by the caller
-    gram_upper(z, np.sqrt(a), out=gram, buf=buf)
-    return zay + mm(z.T, a[:, None] * y)
-
-
-def stream_solve(gram, zay, reg):
-  """(U, C = (G + reg I)^-1, W = C Z^T A Y) with U^T U = G + reg I (upper, Fortran-ordered);
-  None when the factorisation fails. `gram` holds G's upper triangle."""
-  d = gram.shape[0]
-  _, trsm, _, potrf = _blas_fns(gram.dtype)
-  g = np.array(gram, order="F")
-  g[np.diag_indices(d)] += reg
-  chol, info = potrf(g, lower=0, clean=1, overwrite_a=1)
-  if info != 0:
-    return None
-  uinv_t = trsm(1.0, chol, np.eye(d, dtype=g.dtype), side=0, lower=0, trans_a=1)  # U^-T
-  c_inv = mm(uinv_t.T, uinv_t)
-  return chol, c_inv, mm(c_inv, zay)
-
-
-def stream_pass2(z, a, y, m, chol, coef, temperature, denom, loss, m_acc, buf=None,
-                 with_preds=False):
-  """Per-sample quantities of a block; adds its part of M = Z^T diag(a u) Z to m_acc (upper
-  triangle, in place, a ?syrk per sign of a u) and returns (value part, Z_b^T G~_b, S_kk,
-  u, r = Y - Yhat, LOO predictions or None).
-
-  S_kk = ||U^-T z_k||^2 by one ?trsm (n d^2 flops for the block, half of z_k^T C z_k by
-  GEMM). The squared error has its per-sample terms in closed form (fewer [k, c] passes):
-  with e = Yhat - y, f_loo - y = e / (1 - h), G~ = 2 m e / (n_eval (1 - h)^2) and
-  u = 2 m ||e||^2 / (n_eval (1 - h)^3).
-  """
-  trsm = _blas_fns(z.dtype)[1]
-  with np.errstate(all="ignore"):
-    bt = trsm(1.0, chol, z.T, side=0, lower=0, trans_a=1)  # U^-T Z_b^T  [d, k]
-    s_diag = np.einsum("jk,jk->k", bt, bt)
-    del bt
-    e = mm_c(z, coef)  # Yhat [k, c]
-    e -= y  # Yhat - y
-    h = a * s_diag
-    inv = 1.0 / (1.0 - h)
-    if loss == "mse":
-      ee = np.einsum("kc,kc->k", e, e)
-      value = np.sum(m * ee * inv * inv) / denom
-      coeff = (2.0 / denom) * m * inv * inv
-      u = coeff * ee * inv
-      g_tilde = e * coeff[:, None]
-      preds = y + e * inv[:, None] if with_preds else None
-    else:
-      preds = y + e * inv[:, None]
-      per, g = loss_and_grad(loss, preds, y, temperature)
-      value = np.sum(m * per) / denom
-      g *= (m / denom)[:, None]
-      u = np.einsum("kc,kc->k", g, e) * inv * inv
-      g_tilde = g * inv[:, None]
-    signed_gram_upper_t(z.T, a * u, out=m_acc, buf=buf)
-    ztg = mm(z.T, g_tilde)
-    np.negative(e, out=e)  # r = y - Yhat
-    return value, ztg, s_diag, u, e, preds
-
-
-def stream_grad_stage(c_inv, m_upper, ztg):
-  """(V, v): V = Q = C M C's upper triangle with its diagonal halved (for
-  `quadratic_forms_t(..., halved=True)`), v = C Z^T G~."""
-  m_full = np.triu(m_upper) + np.triu(m_upper, 1).T
-  return halve_diagonal(np.triu(mm(mm(c_inv, m_full), c_inv))), mm(c_inv, ztg)
-
-
-def stream_pass3(z, resid, s_diag, u, q_halved, v):
-  """dL/da of a block: <r_k, z_k^T v> + u_k S_kk - z_k^T Q z_k (?trmm on Q's triangle)."""
-  return (np.einsum("kc,kc->k", resid, mm_c(z, v)) + u * s_diag
-          - quadratic_forms_t(z.T, q_halved, halved=True))
-
-
-# ----------------------------------------------------------------------------------------
-# Dual form (kernel [n, n]), in one host callback: one copy of K in, [n] out.
-# ----------------------------------------------------------------------------------------
+  return np.asarray(value, dtype), (None if grad is None else np.asarray(grad, dtype))
 
 
 def dual_value_and_grad(weights, targets, kernel, reg, mask, temperature, loss: str,
-                        with_grad: bool):
-  """(value, gradient [n]) or (value, None) of the dual form, weights >= 0.
+                        with_grad: bool, gram: bool = False):
+  """(value, gradient [n] or None) of the dual form, weights >= 0, computed in float64.
 
-  With M = reg I + A^1/2 K A^1/2 = L L^T:
+  `kernel` is K [n, n], or the features Z [n, d] when `gram` (K = Z Z^T by ?syrk). With
+  M = reg I + A^1/2 K A^1/2 = L L^T:
     * value (a Cholesky and a triangular inverse, ~2/3 n^3 flops): 1 - h_i = reg (M^-1)_ii
       and Yhat = K beta with beta = A^1/2 M^-1 A^1/2 Y, both exact for zero weights;
     * gradient: S = (K - V^T V) / reg with V = L^-1 A^1/2 K (one trsm, one syrk).
   """
-  dtype = kernel.dtype
-  kernel = np.asarray(kernel)
-  weights, targets, mask = (np.asarray(v, dtype) for v in (weights, targets, mask))
-  reg, temperature = dtype.type(reg), dtype.type(temperature)
+  out_dtype = np.asarray(kernel).dtype
+  f64 = lambda a: np.asarray(a, np.float64)
+  kernel = f64(kernel)
+  if gram:
+    kernel = _syrk(np.ascontiguousarray(kernel.T))
+  weights, targets, mask = f64(weights), f64(targets), f64(mask)
+  reg, temperature = float(reg), float(temperature)
   n = kernel.shape[0]
-  nan = (np.full((), np.nan, dtype), np.full(n, np.nan, dtype) if with_grad else None)
-  from scipy.linalg import lapack
-  potrf = lapack.dpotrf if dtype == np.float64 else lapack.spotrf
-  trtri = lapack.dtrtri if dtype == np.float64 else lapack.strtri
+  nan = (np.full((), np.nan, out_dtype), np.full(n, np.nan, out_dtype) if with_grad else None)
   with np.errstate(all="ignore"):
     sa = np.sqrt(np.maximum(weights, 0))
     m = sa[:, None] * kernel * sa[None, :]
     m[np.diag_indices(n)] += reg
-    chol, info = potrf(m, lower=1, clean=1, overwrite_a=1)
+    chol, info = _lapack.dpotrf(m, lower=1, clean=1, overwrite_a=1)
     if info != 0:
       return nan
-    ay = sa[:, None] * targets
     if not with_grad:
-      linv, info = trtri(chol, lower=1)
+      linv, info = _lapack.dtrtri(chol, lower=1)
       if info != 0:
         return nan
-      m_inv_diag = np.sum(linv * linv, axis=0)  # (M^-1)_ii = sum_k (L^-1)_ki^2
-      beta = sa[:, None] * mm(linv.T, mm(linv, ay))
-      fitted = mm_c(kernel, beta)
-      one_minus_h = reg * m_inv_diag
-      h = 1.0 - one_minus_h
-      s_diag = None
+      beta = sa[:, None] * mm(linv.T, mm(linv, sa[:, None] * targets))
+      value, grad = cf.value_and_grad_tail(
+          np, mm_c(kernel, beta), reg * np.sum(linv * linv, axis=0), None, weights, targets,
+          mask, temperature, loss, False)
     else:
-      fn = _sblas.dtrsm if dtype == np.float64 else _sblas.strsm
-      v = fn(1.0, chol, sa[:, None] * kernel, side=0, lower=1)  # L^-1 A^1/2 K
+      v = _sblas.dtrsm(1.0, chol, sa[:, None] * kernel, side=0, lower=1)  # L^-1 A^1/2 K
       s = kernel - _syrk(v)
       s /= reg
       s_diag = np.diagonal(s).copy()
-      fitted = mm_c(s, weights[:, None] * targets)
-      h = weights * s_diag
-      one_minus_h = 1.0 - h
-    if not with_grad:
-      return _value_and_grad(fitted, h, one_minus_h, None, weights, targets, mask,
-                             temperature, loss, False, None, None)
-    return _value_and_grad(fitted, h, one_minus_h, s_diag, weights, targets, mask,
-                           temperature, loss, True, apply_s=lambda g: mm_c(s, g),
-                           apply_s_sq=lambda w: mm(s * s, w[:, None])[:, 0])
+      value, grad = cf.value_and_grad_tail(
+          np, mm_c(s, weights[:, None] * targets), 1.0 - weights * s_diag, s_diag, weights,
+          targets, mask, temperature, loss, True, apply_s=lambda g: mm_c(s, g),
+          apply_s_sq=lambda w: mm(s * s, w[:, None])[:, 0])
+  return np.asarray(value, out_dtype), (None if grad is None else np.asarray(grad, out_dtype))

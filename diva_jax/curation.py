@@ -17,6 +17,7 @@ All take the same `features=` / `kernel=` / `reg` / `loss` arguments as `diva_ja
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable, NamedTuple, Optional
 
 import jax
@@ -43,13 +44,165 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------------------
+# Boundary validation: every public function checks its own arguments, by name, before
+# computing anything (the core's messages speak of "weights", which most of these lack).
+# ----------------------------------------------------------------------------------------
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+  """`value` must be an integral number (int, np.int64, ...; not bool) >= minimum."""
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r} "
+                     f"({type(value).__name__}).")
+  if value < minimum:
+    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+  return int(value)
+
+
+def _check_real(name: str, value, *, positive: bool = False) -> float:
+  """`value` must be a finite real scalar (not bool or str); > 0 when `positive`."""
+  if isinstance(value, jax.core.Tracer):  # under a user's trace: values unknown
+    return value
+  if not isinstance(value, (str, bytes)) and np.ndim(value) != 0:
+    raise ValueError(f"{name} must be a real scalar, got an array of shape "
+                     f"{np.shape(value)}.")
+  kind = np.asarray(value).dtype.kind if not isinstance(value, (str, bytes)) else "U"
+  if isinstance(value, (bool, np.bool_)) or kind not in "iuf":
+    raise ValueError(f"{name} must be a real number, got {value!r} ({type(value).__name__}).")
+  v = float(np.asarray(value))
+  if not np.isfinite(v) or (positive and v <= 0):
+    raise ValueError(f"{name} must be a finite number{' > 0' if positive else ''}, got {v}.")
+  return v
+
+
+def _check_reg(reg) -> None:
+  """Concrete reg: a finite real scalar > 0 (not bool or str). Traced reg: left to the core."""
+  _check_real("reg", reg, positive=True)
+
+
+def _check_loss(loss, temperature) -> None:
+  if not isinstance(loss, str) or loss not in _loo.LOSSES:
+    raise ValueError(f"loss must be one of {_loo.LOSSES}, got {loss!r}.")
+  _check_real("temperature", temperature, positive=True)
+
+
+def _check_array(name: str, x, shape_doc: str, ndim: int, *, finite: bool = True,
+                 kinds: str = "iuf") -> np.ndarray:
+  """A numeric array of `ndim` dims (dtype kind in `kinds`), finite when `finite`."""
+  arr = np.asarray(x)
+  if arr.ndim != ndim:
+    raise ValueError(f"{name} must have shape {shape_doc}, got shape {arr.shape}.")
+  if arr.dtype.kind not in kinds:
+    what = "a floating-point" if kinds == "f" else "a numeric"
+    raise ValueError(f"{name} must be {what} array, got dtype {arr.dtype}.")
+  if finite and arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+    bad = np.flatnonzero(~np.isfinite(arr.ravel()))
+    raise ValueError(f"{name} must be finite, but {bad.size} of its {arr.size} entries are "
+                     f"NaN or Inf (first at flat index {int(bad[0])}).")
+  return arr
+
+
+def _check_mask(name: str, mask, n: int) -> np.ndarray:
+  """[n] bool, or numbers that are all 0 or 1  ->  [n] bool."""
+  arr = np.asarray(mask)
+  if arr.shape != (n,):
+    raise ValueError(f"{name} must have shape [n] = ({n},), got shape {arr.shape}.")
+  if arr.dtype.kind == "b":
+    return arr
+  if arr.dtype.kind not in "iuf":
+    raise ValueError(f"{name} must be a bool array (or 0/1 values), got dtype {arr.dtype}.")
+  bad = np.flatnonzero((arr != 0) & (arr != 1))
+  if bad.size:
+    i = int(bad[0])
+    raise ValueError(f"{name} must be a bool array (or 0/1 values), got dtype {arr.dtype} "
+                     f"with {name}[{i}] = {arr[i]}.")
+  return arr.astype(bool)
+
+
+def _check_data(targets, features, kernel) -> int:
+  """targets [n, c] with exactly one of features [n, d] / kernel [n, n]; returns n.
+
+  Only shapes and kinds (the core checks values): its messages compare with `weights`,
+  an argument `extend` / `reweight_groups` / `tune_augmentations` do not have.
+  """
+  if (features is None) == (kernel is None):
+    got = "both" if features is not None else "neither"
+    raise ValueError("Pass exactly one of features= ([n, d], primal form) or kernel= "
+                     f"([n, n], dual form); got {got}.")
+  ts = np.shape(targets)
+  if len(ts) != 2:
+    hint = " (for a single output use targets[:, None])" if len(ts) == 1 else ""
+    raise ValueError(f"targets must have shape [n, c], got shape {ts}{hint}.")
+  n = ts[0]
+  if features is not None:
+    fs = np.shape(features)
+    if len(fs) != 2 or fs[0] != n:
+      raise ValueError(f"features must have shape [n, d] with n = {n} (the rows of targets), "
+                       f"got shape {fs}.")
+  else:
+    ks = np.shape(kernel)
+    if ks != (n, n):
+      raise ValueError(f"kernel must have shape [n, n] = ({n}, {n}) (n = the rows of "
+                       f"targets), got shape {ks}.")
+  return n
+
+
+def _float_dtype(features, kernel, targets) -> np.dtype:
+  """The dtype the core computes in: that of features / kernel (else targets) when floating."""
+  for a in (features if features is not None else kernel, targets):
+    if a is not None and jnp.issubdtype(jnp.result_type(a), jnp.floating):
+      return np.dtype(jnp.result_type(a))
+  return np.dtype(jnp.result_type(float))
+
+
+def _check_weights(name: str, weights, n: int, dtype) -> np.ndarray:
+  """[n] finite weights >= 0 (bool / int / float), cast to the float `dtype`."""
+  w = _check_array(name, weights, f"[n] = ({n},)", 1, kinds="biuf")
+  if w.shape != (n,):
+    raise ValueError(f"{name} must have shape [n] = ({n},) (n = the rows of targets), got "
+                     f"shape {w.shape}.")
+  w = w.astype(dtype)
+  if np.any(w < 0):
+    i = int(np.argmin(w))
+    raise ValueError(f"{name} must be >= 0, got {name}[{i}] = {w[i]}.")
+  return w
+
+
+def _check_groups(groups, num_groups, n: Optional[int], name_n: str = "n"):
+  """groups: [n] ints in [0, num_groups) (num_groups default max + 1). (groups, g)."""
+  groups = np.asarray(groups)
+  if n is not None and groups.shape != (n,):
+    raise ValueError(f"groups must have shape [{name_n}] = ({n},), got shape {groups.shape}.")
+  if groups.ndim != 1:
+    raise ValueError(f"groups must have shape [n], got shape {groups.shape}.")
+  if groups.dtype.kind not in "iu":
+    raise ValueError(f"groups must be an integer array, got dtype {groups.dtype}.")
+  if num_groups is not None:
+    num_groups = _check_int("num_groups", num_groups, 1)
+  if groups.size:
+    lo, hi = int(groups.min()), int(groups.max())
+    limit = num_groups if num_groups is not None else hi + 1
+    if lo < 0 or hi >= limit:
+      bound = f"num_groups = {num_groups}" if num_groups is not None else "num_groups"
+      raise ValueError(f"groups must be integers in [0, {bound}), got values in "
+                       f"[{lo}, {hi}].")
+    g = limit
+  else:
+    if num_groups is None:
+      raise ValueError("groups is empty: pass num_groups.")
+    g = num_groups
+  return groups, g
+
+
+# ----------------------------------------------------------------------------------------
 # Detection.
 # ----------------------------------------------------------------------------------------
 
 
 def detect_detrimental(derivative, eps: float = 0.0) -> np.ndarray:
   """Samples that hurt: derivative > eps (at weight 1).  [n] bool."""
-  return np.asarray(derivative) > eps
+  d = _check_array("derivative", derivative, "[n]", 1)
+  return d > _check_real("eps", eps)
 
 
 def auroc(scores, labels) -> float:
@@ -57,11 +210,12 @@ def auroc(scores, labels) -> float:
 
   Equal to the Mann-Whitney U statistic / (n_pos n_neg); no scikit-learn needed.
   """
-  scores = np.asarray(scores, np.float64)
-  labels = np.asarray(labels, bool)
+  scores = _check_array("scores", scores, "[n]", 1).astype(np.float64)
+  labels = _check_mask("labels", labels, scores.shape[0])
   n_pos, n_neg = int(labels.sum()), int((~labels).sum())
   if n_pos == 0 or n_neg == 0:
-    raise ValueError(f"AUROC needs positives and negatives, got {n_pos} and {n_neg}.")
+    raise ValueError(f"AUROC needs positives and negatives: labels must hold both True and "
+                     f"False, got {n_pos} positives and {n_neg} negatives.")
   order = np.argsort(scores, kind="mergesort")
   ranks = np.empty(len(scores))
   sorted_scores = scores[order]
@@ -82,16 +236,18 @@ class DetectionMetrics(NamedTuple):
 
 def detection_metrics(scores, noisy_mask, eps: float = 0.0) -> DetectionMetrics:
   """F1 / precision / recall of `scores > eps`, and AUROC of `scores`, vs the noise mask."""
-  scores = np.asarray(scores)
-  noisy = np.asarray(noisy_mask, bool)
-  if scores.shape != noisy.shape:
-    raise ValueError(f"scores shape {scores.shape} and noisy_mask shape {noisy.shape} differ.")
-  flagged = scores > eps
+  scores = _check_array("scores", scores, "[n]", 1)
+  if np.shape(noisy_mask) != scores.shape:
+    raise ValueError(f"scores shape {scores.shape} and noisy_mask shape "
+                     f"{np.shape(noisy_mask)} differ.")
+  noisy = _check_mask("noisy_mask", noisy_mask, scores.shape[0])
+  flagged = scores > _check_real("eps", eps)
+  roc = auroc(scores, noisy)
   tp = int(np.sum(flagged & noisy))
   precision = tp / max(int(flagged.sum()), 1)
   recall = tp / max(int(noisy.sum()), 1)
   f1 = 0.0 if tp == 0 else 2 * precision * recall / (precision + recall)
-  return DetectionMetrics(f1, precision, recall, auroc(scores, noisy), int(flagged.sum()))
+  return DetectionMetrics(f1, precision, recall, roc, int(flagged.sum()))
 
 
 # ----------------------------------------------------------------------------------------
@@ -105,6 +261,8 @@ def normalized_sgd(learning_rate: float) -> optax.GradientTransformation:
   The raw derivative scales with 1/n (mean loss) and with reg; normalising makes one
   learning rate work across datasets. Plain `optax.sgd` is equally accepted by `reweight`.
   """
+  learning_rate = _check_real("learning_rate", learning_rate, positive=True)
+
   def scale(updates, state, params=None):
     del params
     m = jnp.max(jnp.abs(updates))
@@ -126,29 +284,55 @@ def reweight(weights, targets, *, features=None, kernel=None, reg, steps: int = 
   """Projected gradient steps on the sample weights: a <- max(0, a - step(dL_loo/da)).
 
   Args:
-    weights: [n] starting weights (usually ones).
+    weights: [n] starting weights >= 0 (usually ones); bool or integer weights are cast to
+      the float dtype of features / kernel.
     targets, features, kernel, reg, loss, eval_mask, temperature: as in `diva_jax.loo_loss`.
-    steps: number of steps (1-3 recommended: the LOO estimate is unbiased only at the first).
+    steps: number of steps, an integer >= 0 (1-3 recommended: the LOO estimate is unbiased
+      only at the first).
     optimizer: an optax transformation; default `normalized_sgd(learning_rate)`.
-    learning_rate: used by the default optimizer (largest weight change per step).
-    max_weight: optional upper bound (projection onto [0, max_weight]).
+    learning_rate: used by the default optimizer (largest weight change per step), > 0.
+    max_weight: optional upper bound > 0 (projection onto [0, max_weight]).
 
   Returns:
     A `ReweightResult`.
   """
+  n = _check_data(targets, features, kernel)
+  # Integer / bool weights are cast to float here: optax keeps the parameters' dtype, so an
+  # int array would be rounded back to integers after every step.
+  weights = _check_weights("weights", weights, n,
+                           _float_dtype(features, kernel, targets))
+  _check_reg(reg)
+  _check_loss(loss, temperature)
+  if eval_mask is not None:
+    eval_mask = _check_mask("eval_mask", eval_mask, n)
+  steps = _check_int("steps", steps, 0)
+  learning_rate = _check_real("learning_rate", learning_rate, positive=True)
+  if max_weight is not None:
+    max_weight = _check_real("max_weight", max_weight, positive=True)
+  opt = _check_optimizer(optimizer, learning_rate)
   kw = dict(features=features, kernel=kernel, reg=reg, loss=loss, eval_mask=eval_mask,
             temperature=temperature)
   w, losses, derivs = _projected_descent(
       weights, lambda w: _loo.loo_loss_and_derivative(w, targets, **kw),
-      lambda w: _loo.loo_loss(w, targets, **kw), steps,
-      optimizer if optimizer is not None else normalized_sgd(learning_rate), max_weight)
+      lambda w: _loo.loo_loss(w, targets, **kw), steps, opt, max_weight)
   return ReweightResult(w, losses, derivs)
 
 
+def _check_optimizer(optimizer, learning_rate):
+  if optimizer is None:
+    return normalized_sgd(learning_rate)
+  if not (callable(getattr(optimizer, "init", None))
+          and callable(getattr(optimizer, "update", None))):
+    raise ValueError(f"optimizer must be an optax.GradientTransformation (with init and "
+                     f"update), got {type(optimizer).__name__}.")
+  return optimizer
+
+
 def _projected_descent(x0, value_and_grad, value, steps, opt, upper=None):
-  """`steps` optax steps on x >= 0 (<= upper): (x, losses [steps + 1], grads [steps, m])."""
-  if not (isinstance(steps, int) and steps >= 0):
-    raise ValueError(f"steps must be an int >= 0, got {steps!r}.")
+  """`steps` optax steps on x >= 0 (<= upper): (x, losses [steps + 1], grads [steps, m]).
+
+  Arguments are validated by the callers; x0 is a float array.
+  """
   x = jnp.asarray(x0)
   state = opt.init(x)
   losses, grads = [], []
@@ -188,26 +372,29 @@ def extend(core_mask, targets, *, features=None, kernel=None, reg, k: int = 10,
   samples were added.
 
   Args:
-    core_mask: [n] bool, True for the core set.
+    core_mask: [n] bool (or 0/1), True for the core set; at least one True.
     targets, features, kernel, reg, loss, temperature: as in `diva_jax.loo_loss`.
-    k: samples added per round.
-    budget: the most pool samples to add (default: the whole pool).
+    k: samples added per round, an integer >= 1.
+    budget: the most pool samples to add, an integer in [0, pool size] (default: the whole
+      pool).
     progress: called as progress(added, budget) after each round.
   """
-  core = np.asarray(core_mask, bool)
-  if core.ndim != 1 or core.shape[0] != np.shape(targets)[0]:
-    raise ValueError(f"core_mask must have shape [n] = ({np.shape(targets)[0]},), got "
-                     f"{core.shape}.")
+  n = _check_data(targets, features, kernel)
+  core = _check_mask("core_mask", core_mask, n)
   pool_size = int((~core).sum())
   if not core.any():
     raise ValueError("core_mask selects no sample: the core set is empty.")
+  _check_reg(reg)
+  _check_loss(loss, temperature)
+  k = _check_int("k", k, 1)
   if budget is None:
     budget = pool_size
-  if not (isinstance(k, int) and k >= 1):
-    raise ValueError(f"k must be an int >= 1, got {k!r}.")
-  if budget < 0 or budget > pool_size:
+  budget = _check_int("budget", budget, 0)
+  if budget > pool_size:
     raise ValueError(f"budget must be in [0, pool size = {pool_size}], got {budget}.")
-  weights = core.astype(np.float64 if jax.config.jax_enable_x64 else np.float32)
+  if progress is not None and not callable(progress):
+    raise ValueError(f"progress must be callable or None, got {type(progress).__name__}.")
+  weights = core.astype(_float_dtype(features, kernel, targets))
   available = ~core
   selected, rounds = [], []
   stopped = "budget"
@@ -243,13 +430,15 @@ def group_derivative(derivative, groups, num_groups: Optional[int] = None) -> np
 
   With per-sample weights a_i = b_{groups[i]} * base_i this is the chain rule at base = 1;
   for general base weights pass derivative * base.
+
+  Args:
+    derivative: [n] finite per-sample derivative.
+    groups: [n] integers in [0, num_groups).
+    num_groups: integer >= 1 (default groups.max() + 1).
   """
-  groups = np.asarray(groups)
-  if groups.shape != np.shape(derivative):
-    raise ValueError(f"groups shape {groups.shape} and derivative shape "
-                     f"{np.shape(derivative)} differ.")
-  return np.bincount(groups, weights=np.asarray(derivative, np.float64),
-                     minlength=num_groups or 0)
+  d = _check_array("derivative", derivative, "[n]", 1)
+  groups, g = _check_groups(groups, num_groups, d.shape[0])
+  return np.bincount(groups, weights=d.astype(np.float64), minlength=g)
 
 
 class GroupReweightResult(NamedTuple):
@@ -263,16 +452,27 @@ def reweight_groups(groups, targets, *, num_groups: Optional[int] = None, featur
                     optimizer: Optional[optax.GradientTransformation] = None,
                     loss: str = "mse", eval_mask=None, temperature: float = 1.0,
                     base_weights=None) -> GroupReweightResult:
-  """Projected gradient steps on one weight per group (a_i = b[groups[i]] * base_i)."""
-  groups = np.asarray(groups)
-  n = np.shape(targets)[0]
-  if groups.shape != (n,) or not np.issubdtype(groups.dtype, np.integer):
-    raise ValueError(f"groups must be an int array of shape [n] = ({n},), got "
-                     f"{groups.dtype} {groups.shape}.")
-  if groups.size and groups.min() < 0:
-    raise ValueError("groups must be >= 0.")
-  g = num_groups or int(groups.max()) + 1
-  base = np.ones(n) if base_weights is None else np.asarray(base_weights)
+  """Projected gradient steps on one weight per group (a_i = b[groups[i]] * base_i).
+
+  Args:
+    groups: [n] integers in [0, num_groups).
+    num_groups: integer >= 1 (default groups.max() + 1); groups with no member keep their
+      weight (their derivative is 0).
+    base_weights: [n] weights >= 0 (default ones), cast to the float dtype of the features.
+    Others: as in `reweight`; the group weights start at 1.
+  """
+  n = _check_data(targets, features, kernel)
+  groups, g = _check_groups(groups, num_groups, n)
+  dtype = _float_dtype(features, kernel, targets)
+  base = (np.ones(n, dtype) if base_weights is None
+          else _check_weights("base_weights", base_weights, n, dtype))
+  _check_reg(reg)
+  _check_loss(loss, temperature)
+  if eval_mask is not None:
+    eval_mask = _check_mask("eval_mask", eval_mask, n)
+  steps = _check_int("steps", steps, 0)
+  learning_rate = _check_real("learning_rate", learning_rate, positive=True)
+  opt = _check_optimizer(optimizer, learning_rate)
   kw = dict(features=features, kernel=kernel, reg=reg, loss=loss, eval_mask=eval_mask,
             temperature=temperature)
 
@@ -281,9 +481,8 @@ def reweight_groups(groups, targets, *, num_groups: Optional[int] = None, featur
     return value, group_derivative(np.asarray(deriv) * base, groups, g)
 
   b, losses, derivs = _projected_descent(
-      np.ones(g), value_and_grad, lambda b: _loo.loo_loss(np.asarray(b)[groups] * base,
-                                                          targets, **kw),
-      steps, optimizer if optimizer is not None else normalized_sgd(learning_rate))
+      np.ones(g, dtype), value_and_grad,
+      lambda b: _loo.loo_loss(np.asarray(b)[groups] * base, targets, **kw), steps, opt)
   return GroupReweightResult(b, losses, derivs)
 
 
@@ -294,16 +493,23 @@ def tune_augmentations(features_per_transform, targets, *, reg, steps: int = 1,
 
   Args:
     features_per_transform: [t, n, d]: the features of the n samples under each of t
-      transforms; transform 0 must be the identity (the LOO loss is evaluated on it).
+      transforms (floating point, finite); transform 0 must be the identity (the LOO loss
+      is evaluated on it).
     targets: [n, c] (shared by the copies).
+    reg, steps, learning_rate, loss, temperature: as in `reweight_groups`.
 
   Returns:
     (probabilities [t] = each transform's share of the total weight, GroupReweightResult).
   """
-  f = np.asarray(features_per_transform)
-  if f.ndim != 3 or f.shape[1] != np.shape(targets)[0]:
-    raise ValueError(f"features_per_transform must have shape [t, n, d] with n = "
-                     f"{np.shape(targets)[0]}, got {f.shape}.")
+  ts = np.shape(targets)
+  if len(ts) != 2:
+    hint = " (for a single output use targets[:, None])" if len(ts) == 1 else ""
+    raise ValueError(f"targets must have shape [n, c], got shape {ts}{hint}.")
+  f = _check_array("features_per_transform", features_per_transform, "[t, n, d]", 3,
+                   kinds="f")
+  if f.shape[1] != ts[0] or f.shape[0] < 1:
+    raise ValueError(f"features_per_transform must have shape [t, n, d] with t >= 1 and "
+                     f"n = {ts[0]} (the rows of targets), got {f.shape}.")
   t, n, d = f.shape
   groups = np.repeat(np.arange(t), n)
   # The LOO loss is evaluated on the untransformed copy (transform 0) only: the goal is the

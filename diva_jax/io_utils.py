@@ -3,16 +3,40 @@
 Each writer writes to a temporary file in the destination's directory (same filesystem),
 flushes and fsyncs it, then ``os.replace``-s it onto the final path (atomic on POSIX and
 Windows). On any error the temporary file is removed and the old file, if any, is intact.
+The final file gets the permissions any other tool would create it with (``0o666`` less the
+process umask), not ``tempfile.mkstemp``'s private ``0o600``.
+
+JSON is written strictly (``allow_nan=False``): non-finite floats become ``null``.
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
+import threading
 from typing import Any, BinaryIO, Iterator, Mapping
 
 import numpy as np
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+  """The process umask (read without changing it where /proc allows, else set and restored)."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError, IndexError):
+    pass
+  with _UMASK_LOCK:
+    mask = os.umask(0o022)
+    os.umask(mask)
+  return mask
 
 
 @contextlib.contextmanager
@@ -34,6 +58,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[BinaryIO]
   fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
                              suffix=".tmp")
   try:
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0o600 -> what open() would give
     with os.fdopen(fd, mode) as f:
       yield f
       f.flush()
@@ -56,11 +81,26 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
   atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def finite_json(obj: Any) -> Any:
+  """``obj`` with every non-finite float (NaN, +-inf) replaced by ``None`` (JSON ``null``)."""
+  if isinstance(obj, float):
+    return obj if math.isfinite(obj) else None
+  if isinstance(obj, dict):
+    return {k: finite_json(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [finite_json(v) for v in obj]
+  return obj
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any, **json_kwargs) -> None:
-  """Writes ``obj`` as JSON (indented, sorted keys by default) to ``path`` atomically."""
+  """Writes ``obj`` as strict JSON (indented, sorted keys by default) to ``path`` atomically.
+
+  Non-finite floats are written as ``null`` (``NaN`` is not JSON); ``allow_nan=False``.
+  """
   json_kwargs.setdefault("indent", 2)
   json_kwargs.setdefault("sort_keys", True)
-  atomic_write_text(path, json.dumps(obj, **json_kwargs) + "\n")
+  json_kwargs["allow_nan"] = False
+  atomic_write_text(path, json.dumps(finite_json(obj), **json_kwargs) + "\n")
 
 
 def atomic_save_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray],

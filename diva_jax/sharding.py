@@ -107,8 +107,8 @@ def _gram_local(z, a, y):
           jnp.matmul(za.T, y, precision=_HIGHEST))
 
 
-def sharded_gram(features: jax.Array, weights: jax.Array, targets: jax.Array,
-                 mesh: Mesh | None = None, *,
+def sharded_gram(weights: jax.Array, targets: jax.Array, *,
+                 features: jax.Array, mesh: Mesh | None = None,
                  axis: str | None = None) -> tuple[jax.Array, jax.Array]:
   """Weighted Gram products of the primal form, reduced across devices.
 
@@ -119,10 +119,14 @@ def sharded_gram(features: jax.Array, weights: jax.Array, targets: jax.Array,
   gathered. Rows that do not divide evenly are padded with zero-weight rows
   (they contribute nothing).
 
+  The argument order of the rest of the API: ``(weights, targets, *,
+  features=...)``. Under ``jax.jit`` pass the mesh as a static argument
+  (``static_argnames=("mesh", "axis")``) or close over it.
+
   Args:
-    features: ``Z``, ``[n, d]`` (ideally already row-sharded, ``shard_rows``).
     weights: ``a``, ``[n]`` sample weights.
     targets: ``Y``, ``[n, c]`` (or ``[n]``, giving ``B`` of shape ``[d]``).
+    features: ``Z``, ``[n, d]`` (ideally already row-sharded, ``shard_rows``).
     mesh: device mesh; ``None`` computes on the default device.
     axis: mesh axis the rows are split over (default: the only axis).
 

@@ -6,8 +6,9 @@ whole pool.
       --workdir=/tmp/diva/extension_local
 """
 
+import configs
 from diva_jax.runs import cli
 from diva_jax.runs import dataset_extension
 
 if __name__ == "__main__":
-  cli.define_and_run("configs/dataset_extension.py", dataset_extension.run)
+  cli.define_and_run(configs.path("dataset_extension.py"), dataset_extension.run)

@@ -5,8 +5,9 @@ r"""Multi-modal aggregation with the dataset derivative.
       --config=configs/multimodal_aggregation.py:runlocal --workdir=/tmp/diva/multimodal_local
 """
 
+import configs
 from diva_jax.runs import cli
 from diva_jax.runs import multimodal_aggregation
 
 if __name__ == "__main__":
-  cli.define_and_run("configs/multimodal_aggregation.py", multimodal_aggregation.run)
+  cli.define_and_run(configs.path("multimodal_aggregation.py"), multimodal_aggregation.run)

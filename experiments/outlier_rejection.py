@@ -7,8 +7,9 @@ r"""Outlier / mislabel rejection with the dataset derivative (and reweighting).
 See configs/outlier_rejection.py for the options and expected numbers.
 """
 
+import configs
 from diva_jax.runs import cli
 from diva_jax.runs import outlier_rejection
 
 if __name__ == "__main__":
-  cli.define_and_run("configs/outlier_rejection.py", outlier_rejection.run)
+  cli.define_and_run(configs.path("outlier_rejection.py"), outlier_rejection.run)

@@ -1,6 +1,7 @@
 r"""Sweep launcher: expands a config's get_hyper into runs.
 
-  # one after another on this machine (rerunning skips finished runs):
+  # one after another on this machine (rerunning skips the runs that finished with the
+  # same config; extra arguments after `--` go to every run):
   python -m experiments.sweep --config=configs/outlier_rejection.py:runlocal \
       --workdir=/tmp/diva/sweep
   # print one command per run for all hosts of a TPU pod slice:
@@ -13,6 +14,7 @@ import json
 from absl import app
 from absl import flags
 
+from diva_jax.runs import cli
 from diva_jax.runs import common
 from diva_jax.runs import sweep
 
@@ -41,9 +43,9 @@ def main(argv):
       print(json.dumps(res, indent=1))
       if any(r["returncode"] for r in res):
         raise SystemExit(1)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from e
+  except common.ConfigError as e:  # our input validation: one line, no traceback
+    cli.fail(e)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -6,19 +6,15 @@ Each process owns 2 fake CPU devices and its contiguous share of the rows of a
 deterministic (seeded) float64 problem; together they form one global
 ``data`` mesh and compute the sharded Gram products ``Z^T A Z``, ``Z^T A Y``
 with gloo all-reduces. Process 0 writes the result to OUT.npz.
+
+Importing this module has no side effects (the test imports it for
+``problem()``): the environment and JAX are configured only when it runs as a
+script, before JAX is first imported.
 """
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-os.environ["JAX_ENABLE_X64"] = "1"
-
-import jax  # noqa: E402
-
-jax.config.update("jax_enable_x64", True)
-jax.config.update("jax_cpu_collectives_implementation", "gloo")
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 N, D, C = 24, 5, 3
 
@@ -33,11 +29,16 @@ def problem():
 
 
 def main(argv):
+  # pylint: disable=g-import-not-at-top  (JAX only after the environment is set)
+  import jax
+  from diva_jax import sharding
+
+  jax.config.update("jax_enable_x64", True)
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   pid, nproc, port, out = int(argv[1]), int(argv[2]), int(argv[3]), argv[4]
   jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}",
                              num_processes=nproc, process_id=pid,
                              initialization_timeout=60)
-  from diva_jax import sharding  # pylint: disable=g-import-not-at-top
 
   assert jax.process_count() == nproc, jax.process_count()
   mesh = sharding.data_mesh()
@@ -48,7 +49,7 @@ def main(argv):
   as_ = sharding.shard_rows(a[rows], mesh)
   ys = sharding.shard_rows(y[rows], mesh)
   assert zs.shape == (N, D) and not zs.is_fully_addressable
-  g, b = sharding.sharded_gram(zs, as_, ys, mesh)
+  g, b = sharding.sharded_gram(as_, ys, features=zs, mesh=mesh)
   g, b = np.asarray(g.addressable_data(0)), np.asarray(b.addressable_data(0))
   if pid == 0:
     np.savez(out, g=g, b=b, devices=mesh.devices.size)
@@ -56,4 +57,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+  os.environ["JAX_ENABLE_X64"] = "1"
   main(sys.argv)

@@ -1,4 +1,5 @@
 """A real multi-process run: 2 processes x 2 CPU devices on loopback (gloo)."""
+import importlib.util
 import os
 import socket
 import subprocess
@@ -11,6 +12,15 @@ _WORKER = os.path.join(os.path.dirname(__file__), "multiprocess_gram_worker.py")
 _TIMEOUT_S = 120
 
 
+def _load_worker():
+  """The worker module, for ``problem()``; importing it changes no global state."""
+  spec = importlib.util.spec_from_file_location("_multiprocess_gram_worker",
+                                                _WORKER)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def _free_port() -> int:
   with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
     s.bind(("127.0.0.1", 0))
@@ -18,11 +28,7 @@ def _free_port() -> int:
 
 
 def test_two_process_sharded_gram_equals_single_process(tmp_path):
-  sys.path.insert(0, os.path.dirname(__file__))
-  try:
-    import multiprocess_gram_worker as worker  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.pop(0)
+  worker = _load_worker()
   out = tmp_path / "gram.npz"
   port = _free_port()
   env = dict(os.environ)

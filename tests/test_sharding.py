@@ -49,22 +49,23 @@ def test_sharded_gram_equals_single_device(mesh):
   n, d, c = 24, 6, 3
   z, a, y = rng.normal(size=(n, d)), rng.uniform(0, 2, n), rng.normal(size=(n, c))
   g_ref, b_ref = z.T @ (a[:, None] * z), z.T @ (a[:, None] * y)
-  g1, b1 = sharding.sharded_gram(z, a, y)                       # mesh=None
+  g1, b1 = sharding.sharded_gram(a, y, features=z)              # mesh=None
   np.testing.assert_allclose(g1, g_ref, rtol=1e-12)
   np.testing.assert_allclose(b1, b_ref, rtol=1e-12)
   zs, as_, ys = (sharding.shard_rows(v, mesh) for v in (z, a, y))
-  g, b = jax.jit(sharding.sharded_gram, static_argnums=3)(zs, as_, ys, mesh)
+  g, b = jax.jit(sharding.sharded_gram, static_argnames=("mesh", "axis"))(
+      as_, ys, features=zs, mesh=mesh)
   np.testing.assert_allclose(g, g_ref, rtol=1e-12)
   np.testing.assert_allclose(b, b_ref, rtol=1e-12)
   assert g.sharding.is_fully_replicated and g.shape == (d, d)
   # Uneven rows are padded with zero weights; vector targets give [d].
-  g, b = sharding.sharded_gram(z[:13], a[:13], y[:13, 0], mesh)
+  g, b = sharding.sharded_gram(a[:13], y[:13, 0], features=z[:13], mesh=mesh)
   np.testing.assert_allclose(g, z[:13].T @ (a[:13, None] * z[:13]), rtol=1e-12)
   np.testing.assert_allclose(b, z[:13].T @ (a[:13] * y[:13, 0]), rtol=1e-12)
   with pytest.raises(ValueError, match="weights: expected shape"):
-    sharding.sharded_gram(z, a[:5], y, mesh)
+    sharding.sharded_gram(a[:5], y, features=z, mesh=mesh)
   with pytest.raises(ValueError, match="targets"):
-    sharding.sharded_gram(z, a, y[:5], mesh)
+    sharding.sharded_gram(a, y[:5], features=z, mesh=mesh)
 
 
 def test_sharded_kernel_and_features_equal_single_device(mesh):
@@ -97,8 +98,9 @@ def test_sharded_kernel_and_features_equal_single_device(mesh):
   # Primal form end to end: Gram of the sharded features.
   a = jnp.linspace(0.5, 1.5, 16)
   y = jnp.ones((16, 3))
-  g, b = sharding.sharded_gram(zp, sharding.shard_rows(a, mesh),
-                               sharding.shard_rows(y, mesh), mesh)
+  g, b = sharding.sharded_gram(sharding.shard_rows(a, mesh),
+                               sharding.shard_rows(y, mesh), features=zp,
+                               mesh=mesh)
   np.testing.assert_allclose(g, zp_ref.T @ (a[:, None] * zp_ref), rtol=1e-11)
   np.testing.assert_allclose(b, zp_ref.T @ (a[:, None] * y), rtol=1e-11)
   with pytest.raises(ValueError, match="divisible"):

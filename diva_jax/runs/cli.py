@@ -1,34 +1,76 @@
-"""The shared main() of the experiment binaries: flags in, `run(config, workdir)` out."""
+"""The shared main() of the experiment binaries: flags in, `run(config, workdir)` out.
+
+Bad input (a config value, an unknown or mistyped `--config.` override, the workdir) is
+reported as one line, `error: ...` on stderr, exit status 2, with no traceback and no usage
+text. Every other exception propagates with its traceback.
+"""
 
 from __future__ import annotations
+
+import sys
+from typing import NoReturn
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from diva_jax.runs import common
+
+
+def fail(message: str) -> NoReturn:
+  """Prints `error: message` (one line) to stderr and exits with status 2."""
+  sys.stderr.write(f"error: {' '.join(str(message).split())}\n")
+  sys.stderr.flush()
+  raise SystemExit(2)
+
+
+def _override_keys(argv) -> list[str]:
+  return [a.lstrip("-").split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with bad flags and config overrides reported in one line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(e)
+  except (AttributeError, KeyError) as e:
+    # ml_collections: an override of a field the config does not have.
+    keys = ", ".join(f"--{k}" for k in _override_keys(argv)) or "--config"
+    detail = e.args[0] if e.args else e
+    fail(f"unknown config field in {keys}: {detail}")
+  except (TypeError, ValueError) as e:
+    # ml_collections: an override whose value does not fit the field's type; or the config
+    # file's get_config() refusing its argument (an unknown variant).
+    fail(f"bad --config ({', '.join(_override_keys(argv)) or 'file or variant'}): {e}")
+
 
 def define_and_run(default_config: str, run_fn) -> None:
-  """Defines --config/--workdir/--overwrite/--distributed and runs `run_fn`."""
+  """Defines --config/--workdir/--overwrite/--distributed and runs `run_fn`.
+
+  `default_config` should be an absolute path (see `configs.path`), so the binaries find
+  their config from any working directory.
+  """
   config = config_flags.DEFINE_config_file(
-      "config", default_config, "Config file, optionally with a variant: file.py:runlocal",
-      lock_config=True)
+      "config", default_config, "Config file, optionally with comma-separated variants: "
+      "file.py:runlocal,pixels", lock_config=True)
   workdir = flags.DEFINE_string("workdir", None, "Directory for the run's outputs (resumable).",
                                 required=True)
   overwrite = flags.DEFINE_bool(
-      "overwrite", False, "Discard results stored in --workdir by a run of another config.")
+      "overwrite", False, "Discard the outputs stored in --workdir by a run of another config.")
   distributed = flags.DEFINE_bool(
       "distributed", False, "Call jax.distributed.initialize() first (multi-host: one process "
       "per host; only process 0 writes).")
 
   def main(argv):
     if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+      fail(f"unexpected arguments: {argv[1:]}")
     if distributed.value:
       import jax
       jax.distributed.initialize()
     try:
       run_fn(config.value, workdir.value, overwrite=overwrite.value)
-    except ValueError as e:  # bad input: a one-line error, no traceback
-      raise app.UsageError(str(e)) from e
+    except common.ConfigError as e:  # our input validation: one line, no traceback
+      fail(e)
 
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -7,26 +7,39 @@ Resumability: each expensive step is a *stage* whose result is saved atomically 
 and config loads finished stages and computes only the rest; every stage is deterministic
 (seeded), so a run killed at any point and restarted ends with the same results as an
 uninterrupted one. Feature extraction has its own validated cache (`diva_jax.features`).
+
+Nothing is written before the config is validated (`check_*` helpers, `ConfigError`) and the
+data are loaded: `Workdir` writes `config.json` (and, with `overwrite`, deletes the outputs
+of the run stored there before) only at its first write.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 import shutil
 import sys
 import time
-from typing import Any, Callable, Mapping, NamedTuple, Optional
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
 
 from diva_jax import io_utils
+from diva_jax.runs.errors import ConfigError
 
 __all__ = [
     "Workdir",
+    "ConfigError",
     "ConfigMismatchError",
+    "check_int",
+    "check_float",
+    "check_choice",
+    "check_common",
     "is_main_process",
     "progress_bar",
     "FeatureSet",
@@ -44,8 +57,125 @@ def is_main_process() -> bool:
   return jax.process_index() == 0
 
 
-class ConfigMismatchError(ValueError):
+class ConfigMismatchError(ConfigError):
   """The workdir holds results of a different config."""
+
+
+# ----------------------------------------------------------------------------------------
+# Config validation: everything is checked before anything is written.
+# ----------------------------------------------------------------------------------------
+
+
+def _as_int(value) -> Optional[int]:
+  if isinstance(value, (bool, np.bool_)):
+    return None
+  if isinstance(value, numbers.Integral):
+    return int(value)
+  if isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
+    return int(value)
+  return None
+
+
+def check_int(config, name: str, minimum: Optional[int] = None) -> int:
+  """config[name] as an int (integer-valued, >= minimum), else ConfigError naming the field."""
+  value = config[name]
+  out = _as_int(value)
+  if out is None or (minimum is not None and out < minimum):
+    bound = f" >= {minimum}" if minimum is not None else ""
+    raise ConfigError(f"{name} must be an integer{bound}, got {value!r}.")
+  return out
+
+
+def check_ints(config, name: str, minimum: Optional[int] = None, *,
+               nonempty: bool = False) -> list[int]:
+  """config[name], a sequence of integers >= minimum."""
+  values = config[name]
+  if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+    raise ConfigError(f"{name} must be a tuple of integers, got {values!r}.")
+  out = [_as_int(v) for v in values]
+  if (nonempty and not out) or any(v is None or (minimum is not None and v < minimum)
+                                   for v in out):
+    bound = f" >= {minimum}" if minimum is not None else ""
+    raise ConfigError(f"{name} must be a{' non-empty' if nonempty else ''} tuple of "
+                      f"integers{bound}, got {tuple(values)!r}.")
+  return out
+
+
+def check_float(config, name: str, *, low: Optional[float] = None, low_open: bool = False,
+                high: Optional[float] = None, high_open: bool = False,
+                value=None) -> float:
+  """config[name] as a finite float in the given interval, else ConfigError naming it."""
+  value = config[name] if value is None else value
+  ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+  v = float(value) if ok else math.nan
+  ok = ok and math.isfinite(v)
+  if ok and low is not None:
+    ok = v > low if low_open else v >= low
+  if ok and high is not None:
+    ok = v < high if high_open else v <= high
+  if not ok:
+    lo = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
+    hi = "" if high is None else f"{high:g}" + (")" if high_open else "]")
+    where = (f" in {lo}, {hi}" if lo and hi else f" {'>' if low_open else '>='} {low:g}" if lo
+             else f" {'<' if high_open else '<='} {high:g}" if hi else "")
+    raise ConfigError(f"{name} must be a finite number{where}, got {value!r}.")
+  return v
+
+
+def check_choice(config, name: str, choices: Iterable[str], value=None) -> str:
+  value = config[name] if value is None else value
+  choices = tuple(choices)
+  if value not in choices:
+    raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}.")
+  return value
+
+
+def check_dataset(name) -> None:
+  """A dataset name `diva_jax.data.load` knows (this package's, or the TFDS catalog's)."""
+  from diva_jax import data
+  from diva_jax.data import loading
+  if not isinstance(name, str) or not name:
+    raise ConfigError(f"dataset must be a dataset name, got {name!r}.")
+  base = name.split(":")[0].split("/")[0]
+  if base in data.known_datasets() or base in loading._catalog():  # pylint: disable=protected-access
+    return
+  raise ConfigError(f"unknown dataset {name!r}: this package provides "
+                    f"{list(data.known_datasets())}; any other name must be in the TFDS catalog "
+                    "(e.g. 'mnist', 'cifar10').")
+
+
+def check_common(config) -> None:
+  """The fields the binaries share (those present in `config`)."""
+  import diva_jax
+  has = lambda k: k in config
+  if has("dataset") and not (has("core_npz") and config.core_npz):
+    check_dataset(config.dataset)
+  for name, minimum in (("max_train", 0), ("max_test", 0), ("image_size", 8),
+                        ("batch_size", 1), ("seed", 0), ("jacobian_width", 1)):
+    if has(name):
+      check_int(config, name, minimum)
+  if has("backbone"):
+    check_choice(config, "backbone", ("efficientnet_lite0", "pixels"))
+  if has("linearize"):
+    check_choice(config, "linearize", ("last_layer", "last_layer+jacobian"))
+    if config.linearize == "last_layer+jacobian" and config.backbone == "pixels":
+      raise ConfigError("linearize='last_layer+jacobian' needs a network backbone, not "
+                        "'pixels'.")
+  if has("loss"):
+    check_choice(config, "loss", diva_jax.LOSSES)
+  if has("temperature"):
+    check_float(config, "temperature", low=0.0, low_open=True)
+  if has("reg"):
+    if isinstance(config.reg, str):
+      raise ConfigError(f"reg must be a number: > 0 for a given reg, 0.0 to choose it by "
+                        f"exact LOO; got {config.reg!r}.")
+    check_float(config, "reg", low=0.0)
+  for name in ("detection_reg_multiplier", "derivative_reg_multiplier"):
+    if has(name):
+      check_float(config, name, low=0.0, low_open=True)
+  for name in ("data_dir", "cache_dir"):
+    if has(name) and not isinstance(config[name], str):
+      raise ConfigError(f"{name} must be a string path ('' = default), got {config[name]!r}.")
 
 
 def _jsonable(config) -> dict:
@@ -64,16 +194,31 @@ def _diff(a: Mapping, b: Mapping, prefix="") -> list[str]:
   return out
 
 
+# Outputs of a run, deleted by `overwrite` (the feature cache is validated by its key, so it
+# stays): stages/, config.json and every top-level .json, .csv and .png.
+_OUTPUT_SUFFIXES = (".json", ".csv", ".png")
+
+
 class Workdir:
   """A run's directory: config.json, resumable stages and atomically written outputs.
 
-  Only process 0 writes (multi-host runs compute everywhere, write once).
+  The constructor checks the stored config (ConfigMismatchError) but writes nothing; the
+  first write (a stage, an output, or `commit()` before a feature cache is filled) creates
+  the directory, deletes the old run's outputs if `overwrite` discards a different config,
+  and writes config.json. Only process 0 writes (multi-host runs compute everywhere, write
+  once).
   """
 
   def __init__(self, path: str | os.PathLike, config, *, overwrite: bool = False):
-    self.path = os.fspath(path)
+    self.path = os.fspath(path) if path is not None else ""
+    if not self.path:
+      raise ConfigError("--workdir must name a directory, got an empty path.")
+    if os.path.exists(self.path) and not os.path.isdir(self.path):
+      raise ConfigError(f"workdir {self.path} exists and is not a directory.")
     self.config = _jsonable(config)
     self.write = is_main_process()
+    self._committed = False
+    self._discard = False
     cfg_path = os.path.join(self.path, "config.json")
     if os.path.exists(cfg_path):
       try:
@@ -88,12 +233,23 @@ class Workdir:
               f"workdir {self.path} holds a run with a different config ("
               + "; ".join(diff[:6]) + (" ..." if len(diff) > 6 else "") + "). Use another "
               "--workdir, or pass --overwrite to discard the results stored there.")
-        if self.write:
-          for sub in ("stages",):
-            shutil.rmtree(os.path.join(self.path, sub), ignore_errors=True)
-    if self.write:
+        self._discard = True
+
+  def commit(self) -> None:
+    """Creates the workdir (deleting a discarded run's outputs) and writes config.json."""
+    if self._committed:
+      return
+    self._committed = True
+    if not self.write:
+      return
+    try:
       os.makedirs(self.path, exist_ok=True)
-      io_utils.atomic_write_json(cfg_path, self.config)
+    except OSError as e:
+      raise ConfigError(f"cannot create workdir {self.path}: {e.strerror or e}.") from e
+    if self._discard:
+      logging.info("--overwrite: deleting the outputs of the other run in %s", self.path)
+      remove_outputs(self.path)
+    io_utils.atomic_write_json(os.path.join(self.path, "config.json"), self.config)
 
   def file(self, name: str) -> str:
     return os.path.join(self.path, name)
@@ -103,38 +259,50 @@ class Workdir:
 
   def stage_arrays(self, name: str, compute: Callable[[], Mapping[str, Any]]) -> dict:
     """Arrays from `<workdir>/stages/<name>.npz` if complete, else computed and saved."""
+    self.commit()
     path = self._stage_path(name, "npz")
     if os.path.exists(path):
       try:
         with np.load(path, allow_pickle=False) as f:
-          return {k: f[k] for k in f.files}
+          out = {k: f[k] for k in f.files}
+        logging.info("stage %s: loaded from %s", name, path)
+        return out
       except (OSError, ValueError, EOFError):
         pass  # corrupt: recompute (atomic writes make this rare)
+    start = time.perf_counter()
     out = {k: np.asarray(v) for k, v in compute().items()}
     if self.write:
       io_utils.atomic_save_npz(path, out)
+    logging.info("stage %s: computed in %.2fs", name, time.perf_counter() - start)
     return out
 
   def stage_json(self, name: str, compute: Callable[[], Any]) -> Any:
     """A JSON-able result from `<workdir>/stages/<name>.json` if complete, else computed."""
+    self.commit()
     path = self._stage_path(name, "json")
     if os.path.exists(path):
       try:
         with open(path) as f:
-          return json.load(f)
+          out = json.load(f)
+        logging.info("stage %s: loaded from %s", name, path)
+        return out
       except (OSError, ValueError):
         pass
-    out = json.loads(json.dumps(compute(), default=_to_builtin))
+    start = time.perf_counter()
+    out = to_json(compute())
     if self.write:
       io_utils.atomic_write_json(path, out)
+    logging.info("stage %s: computed in %.2fs", name, time.perf_counter() - start)
     return out
 
   def write_json(self, name: str, obj) -> None:
+    self.commit()
     if self.write:
-      io_utils.atomic_write_json(self.file(name), json.loads(json.dumps(obj, default=_to_builtin)))
+      io_utils.atomic_write_json(self.file(name), to_json(obj))
 
   def write_csv(self, name: str, columns: Mapping[str, np.ndarray]) -> None:
     """Columns of equal length as a CSV with a header row."""
+    self.commit()
     if not self.write:
       return
     keys = list(columns)
@@ -145,12 +313,32 @@ class Workdir:
     io_utils.atomic_write_text(self.file(name), "\n".join(lines) + "\n")
 
   def savefig(self, name: str, fig) -> None:
-    if not self.write:
-      return
-    import io
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    io_utils.atomic_write_bytes(self.file(name), buf.getvalue())
+    self.commit()
+    if self.write:
+      import io
+      buf = io.BytesIO()
+      fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+      io_utils.atomic_write_bytes(self.file(name), buf.getvalue())
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+
+
+def remove_outputs(path: str) -> None:
+  """Deletes a run's outputs in `path`: stages/ and every top-level .json/.csv/.png file
+  (config.json, metrics.json, per_sample.csv, plots, leftover temporary files of those)."""
+  shutil.rmtree(os.path.join(path, "stages"), ignore_errors=True)
+  for entry in os.scandir(path):
+    name = entry.name[:-4] if entry.name.endswith(".tmp") else entry.name
+    if entry.is_file(follow_symlinks=False) and name.endswith(_OUTPUT_SUFFIXES):
+      try:
+        os.remove(entry.path)
+      except FileNotFoundError:
+        pass
+
+
+def to_json(obj) -> Any:
+  """`obj` as plain JSON values (NumPy scalars and arrays converted; NaN/inf -> None)."""
+  return io_utils.finite_json(json.loads(json.dumps(obj, default=_to_builtin)))
 
 
 def _csv_cell(v) -> str:
@@ -171,24 +359,28 @@ def _to_builtin(o):
 
 
 class progress_bar:
-  """A minimal text progress bar on stderr (process 0, and only when it is a terminal or
-  DIVA_PROGRESS=1). Call it as a `progress(done, total)` callback."""
+  """A tqdm progress bar on stderr as a `progress(done, total)` callback (process 0 only;
+  shown on a terminal, or everywhere with DIVA_PROGRESS=1)."""
 
   def __init__(self, label: str):
     self.label = label
     self.enabled = is_main_process() and (sys.stderr.isatty() or
                                           os.environ.get("DIVA_PROGRESS") == "1")
-    self.start = time.perf_counter()
+    self._bar = None
 
   def __call__(self, done: int, total: int, *unused) -> None:
     if not self.enabled:
       return
-    frac = done / max(total, 1)
-    bar = "#" * int(30 * frac)
-    end = "\n" if done >= total else ""
-    sys.stderr.write(f"\r{self.label:<28s} [{bar:<30s}] {done}/{total} "
-                     f"{time.perf_counter() - self.start:6.1f}s{end}")
-    sys.stderr.flush()
+    if self._bar is None:
+      from tqdm import tqdm
+      self._bar = tqdm(total=total, desc=self.label, file=sys.stderr, leave=True,
+                       dynamic_ncols=True)
+    if self._bar.total != total:
+      self._bar.total = total
+    self._bar.update(done - self._bar.n)
+    if done >= total:
+      self._bar.close()
+      self._bar = None
 
 
 # ----------------------------------------------------------------------------------------
@@ -210,8 +402,8 @@ def make_backbone(config):
     return models.efficientnet_lite0(pretrained=True, input_size=config.image_size)
   if config.backbone == "pixels":
     return None
-  raise ValueError(f"unknown backbone {config.backbone!r}: expected 'efficientnet_lite0' or "
-                   "'pixels'.")
+  raise ConfigError(f"unknown backbone {config.backbone!r}: expected 'efficientnet_lite0' or "
+                    "'pixels'.")
 
 
 def load_split(config, split: str, max_examples: int):
@@ -222,9 +414,9 @@ def load_split(config, split: str, max_examples: int):
   if max_examples and max_examples < len(labels):
     images, labels = images[:max_examples], labels[:max_examples]
   if len(labels) == 0:
-    raise ValueError(f"dataset {config.dataset!r} split {split!r} is empty.")
+    raise ConfigError(f"dataset {config.dataset!r} split {split!r} is empty.")
   if len(np.unique(labels)) < 2:
-    raise ValueError(f"dataset {config.dataset!r} split {split!r} has a single class "
+    raise ConfigError(f"dataset {config.dataset!r} split {split!r} has a single class "
                      f"({int(labels[0])}): classification needs at least two.")
   return images, labels, ds.class_names
 
@@ -265,7 +457,7 @@ def jacobian_backbone(config, backbone):
   import dataclasses
   import diva_jax
   if backbone is None:
-    raise ValueError("linearize='last_layer+jacobian' needs a network backbone, not 'pixels'.")
+    raise ConfigError("linearize='last_layer+jacobian' needs a network backbone, not 'pixels'.")
   fn = diva_jax.projected_jacobian_features(
       backbone.apply_fn, int(config.jacobian_width), seed=config.seed,
       trainable=diva_jax.path_matches(config.linearize_params))
@@ -275,26 +467,31 @@ def jacobian_backbone(config, backbone):
                              feature_dim=int(config.jacobian_width))
 
 
-def prepare_features(config, workdir: Workdir):
+def prepare_features(config, workdir: Workdir,
+                     check: Optional[Callable[[np.ndarray], None]] = None):
   """Train and test FeatureSets of the configured dataset, backbone and linearisation.
+
+  `check(train_labels)`, if given, validates what depends on the data (e.g. budgets against
+  the pool size) after loading and before anything is written (config.json, the cache).
 
   config.linearize: 'last_layer' (frozen penultimate features: the paper's setting), or
   'last_layer+jacobian' (also linearise the parameters matching config.linearize_params:
   their projected Jacobian features are appended, each block standardised to the same
   mean squared norm, so the kernel is the sum of the two).
   """
-  if config.linearize not in ("last_layer", "last_layer+jacobian"):
-    raise ValueError(f"linearize must be 'last_layer' or 'last_layer+jacobian', got "
-                     f"{config.linearize!r}.")
+  check_choice(config, "linearize", ("last_layer", "last_layer+jacobian"))
   cache_dir = config.cache_dir or workdir.file("cache")
-  backbone = make_backbone(config)
-  nets = [backbone]
-  if config.linearize == "last_layer+jacobian":
-    nets.append(jacobian_backbone(config, backbone))
   sets, blocks = {}, []
   for split, max_n in (("train", config.max_train), ("test", config.max_test)):
     images, labels, names = load_split(config, split, max_n)
     sets[split] = (labels, images, names)
+  if check is not None:
+    check(sets["train"][0])
+  workdir.commit()  # valid: from here on, outputs (and the feature cache) are written
+  backbone = make_backbone(config)
+  nets = [backbone]
+  if config.linearize == "last_layer+jacobian":
+    nets.append(jacobian_backbone(config, backbone))
   for net in nets:
     raw = [embed(config, net, sets[split][1], dataset=config.dataset,
                  split=f"{split}{max_n or ''}", cache_dir=cache_dir)
@@ -311,9 +508,8 @@ def prepare_features(config, workdir: Workdir):
 def noisy_labels(config, labels: np.ndarray, num_classes: int):
   """(noisy labels, flipped mask) for config.noise_type in {'uniform', 'pairwise', 'none'}."""
   from diva_jax import data
-  rate = float(config.noise_rate)
-  if not 0.0 <= rate < 1.0:
-    raise ValueError(f"noise_rate must be in [0, 1), got {rate}.")
+  rate = check_float(config, "noise_rate", low=0.0, high=1.0, high_open=True)
+  check_choice(config, "noise_type", ("uniform", "pairwise", "none"))
   if config.noise_type == "none" or rate == 0.0:
     return labels.copy(), np.zeros(len(labels), bool)
   if config.noise_type == "uniform":
@@ -321,22 +517,15 @@ def noisy_labels(config, labels: np.ndarray, num_classes: int):
   elif config.noise_type == "pairwise":
     res = data.class_conditional_label_noise(
         labels, data.pairwise_transition(num_classes, rate), config.seed)
-  else:
-    raise ValueError(f"noise_type must be 'uniform', 'pairwise' or 'none', got "
-                     f"{config.noise_type!r}.")
   return res.labels, res.flipped
 
 
 def choose_reg(config, targets, features) -> float:
-  """config.reg if > 0, else (reg = 'auto' or 0) the minimiser of the exact LOO error."""
+  """config.reg if > 0, else (reg = 0.0) the minimiser of the exact LOO error."""
   import diva_jax
-  reg = config.reg
-  if isinstance(reg, str):
-    if reg != "auto":
-      raise ValueError(f"reg must be a number > 0 or 'auto', got {reg!r}.")
-    reg = 0.0
-  if reg and reg > 0:
-    return float(reg)
+  reg = check_float(config, "reg", low=0.0)
+  if reg > 0:
+    return reg
   return float(diva_jax.select_reg(targets, features=features, loss=config.loss,
                                    temperature=config.temperature).reg)
 

@@ -26,25 +26,42 @@ def _refit_error(config, targets, x, keep, test):
   return common.test_error(keep.astype(np.float32), targets, x, reg, test.features, test.labels)
 
 
+def validate(config) -> list[int]:
+  """Every config value, before anything is read or written (common.ConfigError); returns
+  the sorted budgets."""
+  common.check_common(config)
+  common.check_int(config, "core_size", 1)
+  common.check_int(config, "k", 1)
+  common.check_int(config, "uniform_repeats", 1)
+  common.check_float(config, "pool_noise_rate", low=0.0, high=1.0, high_open=True)
+  return sorted(common.check_ints(config, "budgets", 1, nonempty=True))
+
+
 def run(config, workdir: str, *, overwrite: bool = False) -> dict:
+  budgets = validate(config)
   wd = common.Workdir(workdir, config, overwrite=overwrite)
-  train, test = common.prepare_features(config, wd)
+
+  def check(train_labels):  # what depends on the data, before anything is written
+    n = len(train_labels)
+    if not 1 <= config.core_size < n:
+      raise common.ConfigError(f"core_size must be in [1, {n - 1}] for {n} train samples, "
+                               f"got {config.core_size}.")
+    if budgets[-1] > n - config.core_size:
+      raise common.ConfigError(f"budgets must be in [1, pool size = {n - config.core_size}], "
+                               f"got {budgets}.")
+
+  train, test = common.prepare_features(config, wd, check=check)
   num_classes = len(train.class_names)
   n = len(train.labels)
-  budgets = sorted(int(b) for b in config.budgets)
   split = data.core_pool_split(train.labels, int(config.core_size), config.seed)
   core = np.zeros(n, bool)
   core[split.core] = True
   pool_size = n - int(core.sum())
-  if not budgets or budgets[0] < 1 or budgets[-1] > pool_size:
-    raise ValueError(f"budgets must be in [1, pool size = {pool_size}], got {budgets}.")
   # Noise in the pool only: the core is the trusted labelled set.
   rng = np.random.default_rng(config.seed + 17)
   labels = train.labels.copy()
   noisy = np.zeros(n, bool)
   if config.pool_noise_rate > 0:
-    if not 0 <= config.pool_noise_rate < 1:
-      raise ValueError(f"pool_noise_rate must be in [0, 1), got {config.pool_noise_rate}.")
     pool_idx = split.pool
     flip = pool_idx[rng.uniform(size=pool_idx.size) < config.pool_noise_rate]
     labels[flip] = (labels[flip] + rng.integers(1, num_classes, flip.size)) % num_classes

@@ -12,12 +12,14 @@ from __future__ import annotations
 import itertools
 from typing import Any, Sequence
 
+from diva_jax.runs.errors import ConfigError
+
 __all__ = ["sweep", "product", "chain", "fixed"]
 
 
 def sweep(key: str, values: Sequence[Any]) -> list[dict]:
   if not key.startswith("config."):
-    raise ValueError(f"sweep keys start with 'config.', got {key!r}.")
+    raise ConfigError(f"sweep keys start with 'config.', got {key!r}.")
   return [{key: v} for v in values]
 
 

@@ -12,6 +12,13 @@ size; how many of each modality DIVA picked; the modality weights.
 User-supplied embeddings (e.g. CLIP image and text embeddings, to run the paper's own
 experiment): `core_npz`, `test_npz` and `candidate_npz = ("name=path.npz", ...)`, each
 `.npz` holding `features` [m, d] and `labels` [m]; then no images or backbone are used.
+Candidate labels must be classes of the core.
+
+per_sample.csv: for every core and candidate sample its source, label, the dataset
+derivative of the core's LOO loss at the start (candidates at weight 0: negative = adding it
+helps), whether DIVA picked it and in which order. (No label noise is injected here, so
+there is no `noisy` column.) With `backbone = 'pixels'` every modality is resized to the
+core's image shape.
 """
 
 from __future__ import annotations
@@ -26,18 +33,69 @@ from diva_jax import data
 from diva_jax.runs import common
 from diva_jax.runs import plots
 
+MODALITIES = ("sklearn_digits", "printed_digits", "mnist_pool")
+
+
+def validate(config) -> None:
+  """Every config value, before anything is read or written (common.ConfigError)."""
+  common.check_common(config)
+  common.check_int(config, "shots", 1)
+  common.check_int(config, "glyphs_per_class", 1)
+  common.check_int(config, "max_per_modality", 0)
+  common.check_int(config, "budget", 0)
+  common.check_int(config, "k", 1)
+  common.check_int(config, "group_steps", 0)
+  if config.core_npz:
+    if not config.test_npz:
+      raise common.ConfigError("core_npz needs test_npz (the test embeddings) too.")
+    items = [s for s in config.candidate_npz if s]
+    if not items:
+      raise common.ConfigError("core_npz needs candidate_npz = ('name=path.npz', ...).")
+    for item in items:
+      name, sep, path = item.partition("=")
+      if not sep or not name or not path:
+        raise common.ConfigError(
+            f"candidate_npz entries are 'name=path.npz', got {item!r}.")
+  else:
+    if not config.candidate_modalities:
+      raise common.ConfigError("no candidates: configure candidate_modalities or "
+                               "candidate_npz.")
+    for mod in config.candidate_modalities:
+      common.check_choice(config, "candidate_modalities", MODALITIES, value=mod)
+
 
 def _load_npz(spec: str, what: str):
   try:
     with np.load(spec, allow_pickle=False) as f:
       feats, labels = np.asarray(f["features"], np.float32), np.asarray(f["labels"], np.int64)
   except (OSError, KeyError, ValueError) as e:
-    raise ValueError(f"{what} {spec!r}: expected an .npz with 'features' [m, d] and "
+    raise common.ConfigError(f"{what} {spec!r}: expected an .npz with 'features' [m, d] and "
                      f"'labels' [m] ({e}).") from e
   if feats.ndim != 2 or labels.shape != (feats.shape[0],):
-    raise ValueError(f"{what} {spec!r}: features {feats.shape} and labels {labels.shape} do "
+    raise common.ConfigError(f"{what} {spec!r}: features {feats.shape} and labels {labels.shape} do "
                      "not fit ([m, d] and [m]).")
+  if labels.size and labels.min() < 0:
+    raise common.ConfigError(f"{what} {spec!r}: labels must be >= 0, got {labels.min()}.")
   return feats, labels
+
+
+def _resize_to(images, shape):
+  """uint8 images [m, h, w, c] resized (bilinear) / converted to shape (h', w', c')."""
+  from PIL import Image
+  images = np.asarray(images)
+  h, w, ch = shape
+  if images.shape[1:] == tuple(shape):
+    return images
+  out = np.empty((len(images), h, w, ch), np.uint8)
+  for i, im in enumerate(images):
+    if im.shape[-1] == 1 and ch == 3:
+      im = np.repeat(im, 3, -1)
+    elif im.shape[-1] == 3 and ch == 1:
+      im = np.asarray(Image.fromarray(im).convert("L"))[..., None]
+    pil = Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im)
+    r = np.asarray(pil.resize((w, h), Image.Resampling.BILINEAR))
+    out[i] = r[..., None] if r.ndim == 2 else r
+  return out
 
 
 def _sources(config, wd):
@@ -53,16 +111,34 @@ def _sources(config, wd):
       cands[name] = _load_npz(path, f"candidate {name}")
     dims = {k: v[0].shape[1] for k, v in {"core": core, "test": test, **cands}.items()}
     if len(set(dims.values())) != 1:
-      raise ValueError(f"all embeddings must share one dimension, got {dims}.")
+      raise common.ConfigError(f"all embeddings must share one dimension, got {dims}.")
+    if len(core[1]) == 0:
+      raise common.ConfigError(f"core_npz {config.core_npz!r} holds no sample.")
+    core_classes = set(np.unique(core[1]).tolist())
+    for name, (_, labs) in cands.items():
+      outside = sorted(set(np.unique(labs).tolist()) - core_classes)
+      if outside:
+        raise common.ConfigError(
+            f"candidate {name!r} has labels {outside[:10]} that are not classes of the core "
+            f"(core classes: {sorted(core_classes)[:20]}).")
     names = tuple(str(i) for i in range(int(max(core[1].max(), test[1].max())) + 1))
     return ({"core": (*core, None)} | {k: (*v, None) for k, v in cands.items()},
             (*test, None), names)
 
   cache_dir = config.cache_dir or wd.file("cache")
-  backbone = common.make_backbone(config)
   images, labels, names = common.load_split(config, "train", 0)
-  split = data.core_pool_split(labels, int(config.shots) * len(names), config.seed)
+  core_size = int(config.shots) * len(names)
+  if core_size >= len(labels):
+    raise common.ConfigError(f"shots x classes = {core_size} must be below the "
+                             f"{len(labels)} train samples of {config.dataset!r}.")
+  test_imgs, test_labels, _ = common.load_split(config, "test", config.max_test)
+  wd.commit()  # valid: from here on, outputs (and the feature cache) are written
+  backbone = common.make_backbone(config)
+  split = data.core_pool_split(labels, core_size, config.seed)
   core_imgs, core_labels = images[split.core], labels[split.core]
+  shape = core_imgs.shape[1:]
+  if backbone is None:  # raw pixels: one image shape for every modality
+    test_imgs = _resize_to(test_imgs, shape)
   out = {"core": (common.embed(config, backbone, core_imgs, dataset=config.dataset,
                                split=f"train_core{config.shots}s{config.seed}",
                                cache_dir=cache_dir), core_labels, core_imgs)}
@@ -76,13 +152,14 @@ def _sources(config, wd):
     elif mod == "mnist_pool":
       imgs, labs = images[split.pool], labels[split.pool]
     else:
-      raise ValueError(f"unknown modality {mod!r}: expected sklearn_digits, printed_digits "
-                       "or mnist_pool (or pass candidate_npz).")
+      raise common.ConfigError(f"unknown modality {mod!r}: expected sklearn_digits, "
+                               "printed_digits or mnist_pool (or pass candidate_npz).")
     if config.max_per_modality:
       imgs, labs = imgs[:config.max_per_modality], labs[:config.max_per_modality]
+    if backbone is None:
+      imgs = _resize_to(imgs, shape)
     out[mod] = (common.embed(config, backbone, imgs, dataset=mod, split=f"candidates{len(labs)}",
                              cache_dir=cache_dir), labs, imgs)
-  test_imgs, test_labels, _ = common.load_split(config, "test", config.max_test)
   test = (common.embed(config, backbone, test_imgs, dataset=config.dataset,
                        split=f"test{config.max_test or ''}", cache_dir=cache_dir),
           test_labels, test_imgs)
@@ -90,6 +167,7 @@ def _sources(config, wd):
 
 
 def run(config, workdir: str, *, overwrite: bool = False) -> dict:
+  validate(config)
   wd = common.Workdir(workdir, config, overwrite=overwrite)
   sources, test, class_names = _sources(config, wd)
   num_classes = len(class_names)
@@ -103,7 +181,7 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
   n, n_cand = len(labels), int((~core).sum())
   budget = min(int(config.budget), n_cand) if config.budget else n_cand
   if n_cand == 0:
-    raise ValueError("no candidate samples: configure candidate_modalities or candidate_npz.")
+    raise common.ConfigError("no candidate samples: configure candidate_modalities or candidate_npz.")
 
   def refit(keep):
     reg = common.choose_reg(config, targets[keep], x[keep])
@@ -116,12 +194,19 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
                           loss=config.loss, temperature=config.temperature,
                           progress=common.progress_bar("DIVA pick"))
     seconds = time.perf_counter() - start
-    groups = curation.reweight_groups(src, targets, num_groups=len(order), features=x, reg=reg,
-                                      steps=int(config.group_steps), eval_mask=core,
-                                      loss=config.loss, temperature=config.temperature)
-    return {"selected": res.selected, "reg": reg, "seconds": seconds,
-            "group_weights": groups.group_weights,
-            "group_derivative": groups.group_derivatives[0]}
+    # Per-sample derivative of the core's LOO loss at the start (candidates at weight 0).
+    derivative = np.asarray(diva_jax.dataset_derivative(
+        core.astype(np.float32), targets, features=x, reg=reg, loss=config.loss,
+        eval_mask=core, temperature=config.temperature))
+    out = {"selected": res.selected, "reg": reg, "seconds": seconds, "derivative": derivative}
+    if int(config.group_steps) > 0:
+      groups = curation.reweight_groups(src, targets, num_groups=len(order), features=x,
+                                        reg=reg, steps=int(config.group_steps),
+                                        eval_mask=core, loss=config.loss,
+                                        temperature=config.temperature)
+      out["group_weights"] = groups.group_weights
+      out["group_derivative"] = groups.group_derivatives[0]
+    return out
 
   sel = wd.stage_arrays("select", select_stage)
   selected = sel["selected"]
@@ -149,8 +234,11 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
       "n_core": int(core.sum()), "candidates": available, "picked_per_modality": picked,
       "num_picked": int(len(selected)), "budget": budget, "loss": config.loss,
       "derivative_reg": float(sel["reg"]), "seconds": {"diva_pick": float(sel["seconds"])},
-      "modality_weights": {name: float(w) for name, w in zip(order, sel["group_weights"])},
-      "modality_derivative": {name: float(w) for name, w in zip(order, sel["group_derivative"])},
+      "group_steps": int(config.group_steps),
+      "modality_weights": {name: float(w) for name, w in zip(order, sel["group_weights"])}
+                          if "group_weights" in sel else {},
+      "modality_derivative": {name: float(w) for name, w in zip(order, sel["group_derivative"])}
+                             if "group_derivative" in sel else {},
       "picked_per_class": np.bincount(labels[selected], minlength=num_classes).tolist(),
       **errs,
   }
@@ -159,7 +247,7 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
   rank[selected] = np.arange(len(selected))
   wd.write_csv("per_sample.csv", {
       "index": np.arange(n), "source": np.asarray(order)[src], "label": labels,
-      "noisy": np.zeros(n, bool), "derivative": np.zeros(n),
+      "derivative": sel["derivative"],
       "final_weight": ((rank >= 0) | core).astype(float), "selected": rank >= 0,
       "selection_rank": rank})
   if config.plots:
@@ -182,8 +270,10 @@ def summary(m: dict) -> str:
            f"{m['candidates']}, loss={m['loss']}",
            f"DIVA picked {m['num_picked']} in {m['seconds']['diva_pick']:.1f}s: "
            f"{m['picked_per_modality']}",
-           f"modality weights after {len(m['modality_weights'])}-group reweighting: "
-           + ", ".join(f"{k} {v:.2f}" for k, v in m["modality_weights"].items()),
+           (f"modality weights after {m['group_steps']} step(s) of "
+            f"{len(m['modality_weights'])}-group reweighting: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in m["modality_weights"].items())
+            if m["modality_weights"] else "modality weights: not computed (group_steps = 0)"),
            f"test error: core only {pct(m['test_error_core_only'])} | + all candidates "
            f"{pct(m['test_error_all_candidates'])} | + DIVA pick {pct(m['test_error_diva'])} | "
            f"+ uniform pick {pct(m['test_error_uniform_same_size'])}",

@@ -7,9 +7,11 @@ Steps (each a resumable stage of the workdir):
   4. the dataset derivative at weight 1; flag derivative > eps;
   5. baselines on the same features: cleanlab fed our exact LOO class probabilities,
      cleanlab fed 5-fold cross-validated logistic-regression probabilities (its usual recipe),
-     ranking by the per-sample LOO loss, random scores; each timed;
+     ranking by the per-sample LOO loss, random scores; each timed (a baseline that cannot
+     run on the data, e.g. 5-fold CV with a class of fewer than 5 samples, is skipped with
+     a note in metrics.json);
   6. test error of the ridge head before curation, after 1-3 reweighting steps and after
-     removing the flagged samples;
+     removing the flagged samples (none if every sample is flagged: noted in metrics.json);
   7. sensitivity of detection and test error to reg and the loss.
 Outputs: config.json, metrics.json, per_sample.csv, derivative_histogram.png,
 harmful_helpful.png, and a summary on stdout.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import time
 
+from absl import logging
 import jax
 import numpy as np
 
@@ -28,6 +31,23 @@ from diva_jax.runs import common
 from diva_jax.runs import plots
 
 METRIC_KEYS = ("detection_f1", "detection_auroc", "test_error_before", "test_error_after")
+
+
+def validate(config) -> None:
+  """Every config value, before anything is read or written (common.ConfigError)."""
+  import diva_jax as dj
+  common.check_common(config)
+  common.check_float(config, "noise_rate", low=0.0, high=1.0, high_open=True)
+  common.check_choice(config, "noise_type", ("uniform", "pairwise", "none"))
+  common.check_float(config, "eps")
+  common.check_int(config, "reweight_steps", 0)
+  common.check_float(config, "reweight_lr", low=0.0, low_open=True)
+  common.check_int(config, "logistic_max_iter", 1)
+  common.check_float(config, "logistic_c", low=0.0, low_open=True)
+  for loss in config.sensitivity_losses:
+    common.check_choice(config, "sensitivity_losses", dj.LOSSES, value=loss)
+  for m in config.sensitivity_reg_multipliers:
+    common.check_float(config, "sensitivity_reg_multipliers", low=0.0, low_open=True, value=m)
 
 
 def _softmax(x, temperature):
@@ -50,23 +70,40 @@ def _baselines(config, feats, targets, noisy, flipped, reg, num_classes):
   t_loo = time.perf_counter() - start
   probs = _softmax(loo, config.temperature)
 
-  start = time.perf_counter()
-  issues = find_label_issues(noisy, probs, n_jobs=1)  # no fork(): JAX is multithreaded
-  score = -get_label_quality_scores(noisy, probs)
-  out["cleanlab_exact_loo"] = _metrics(issues.astype(float) - 0.5, flipped, score,
-                                       t_loo + time.perf_counter() - start)
+  def cleanlab_exact_loo():
+    start = time.perf_counter()
+    issues = find_label_issues(noisy, probs, n_jobs=1)  # no fork(): JAX is multithreaded
+    score = -get_label_quality_scores(noisy, probs)
+    return _metrics(issues.astype(float) - 0.5, flipped, score,
+                    t_loo + time.perf_counter() - start)
 
-  if config.cv_logistic:
+  def cleanlab_cv_logistic():
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_predict
+    counts = np.bincount(noisy)
+    if counts[counts > 0].min() < 5:
+      raise ValueError(f"5-fold CV needs >= 5 samples of every class present, the smallest "
+                       f"has {counts[counts > 0].min()}")
     start = time.perf_counter()
     cv_probs = cross_val_predict(LogisticRegression(max_iter=config.logistic_max_iter,
                                                     C=config.logistic_c),
                                  feats, noisy, cv=5, method="predict_proba")
     issues = find_label_issues(noisy, cv_probs, n_jobs=1)
     score = -get_label_quality_scores(noisy, cv_probs)
-    out["cleanlab_cv_logistic"] = _metrics(issues.astype(float) - 0.5, flipped, score,
-                                           time.perf_counter() - start)
+    return _metrics(issues.astype(float) - 0.5, flipped, score, time.perf_counter() - start)
+
+  notes = {}
+  methods = {"cleanlab_exact_loo": cleanlab_exact_loo}
+  if config.cv_logistic:
+    methods["cleanlab_cv_logistic"] = cleanlab_cv_logistic
+  for name, fn in methods.items():
+    # A third-party baseline that cannot run on these data (tiny n, a class with a single
+    # sample...) is skipped with a note rather than taking the run down after the DIVA stages.
+    try:
+      out[name] = fn()
+    except (ValueError, IndexError, ZeroDivisionError, np.linalg.LinAlgError) as e:
+      notes[name] = f"skipped: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
+      logging.warning("baseline %s %s", name, notes[name])
 
   start = time.perf_counter()
   loo_loss = np.sum((loo - targets) ** 2, 1)
@@ -74,7 +111,7 @@ def _baselines(config, feats, targets, noisy, flipped, reg, num_classes):
                                      top_k=True)
   rng = np.random.default_rng(config.seed + 1)
   out["random"] = _metrics(None, flipped, rng.uniform(size=n), 0.0, top_k=True)
-  return out
+  return out, notes
 
 
 def _metrics(flag_scores, flipped, rank_scores, seconds, top_k=False):
@@ -89,8 +126,14 @@ def _metrics(flag_scores, flipped, rank_scores, seconds, top_k=False):
           "num_flagged": m.num_flagged, "seconds": seconds}
 
 
+def _none_if_nan(v):
+  v = float(v)
+  return None if np.isnan(v) else v
+
+
 def run(config, workdir: str, *, overwrite: bool = False) -> dict:
   """Runs the experiment; returns the metrics (also written to <workdir>/metrics.json)."""
+  validate(config)
   wd = common.Workdir(workdir, config, overwrite=overwrite)
   timings = {}
 
@@ -124,27 +167,40 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
   flagged = curation.detect_detrimental(deriv, config.eps)
   det = curation.detection_metrics(deriv, flipped, config.eps) if flipped.any() else None
 
-  baselines = {}
+  baselines, notes = {}, {}
   if flipped.any() and config.baselines:
-    baselines = wd.stage_json("baselines", lambda: _baselines(
-        config, x, targets, noisy, flipped, reg, num_classes))
+    stage = wd.stage_json("baselines", lambda: dict(zip(("results", "notes"), _baselines(
+        config, x, targets, noisy, flipped, reg, num_classes))))
+    baselines, notes = stage["results"], dict(stage["notes"])
+  elif config.baselines:
+    notes["baselines"] = "skipped: no label is flipped (nothing to detect)"
 
   def refit_error(keep):
-    """Test error after removing samples: reg re-chosen on the kept ones, then refit."""
+    """Test error after removing samples: reg re-chosen on the kept ones, then refit; NaN
+    (None in metrics.json) if nothing is kept."""
+    if not keep.any():
+      return float("nan")
     kept_reg = common.choose_reg(config, targets[keep], x[keep])
     return common.test_error(keep.astype(np.float32), targets, x, kept_reg, test.features,
                              test.labels)
 
   def curation_stage():
     err = lambda w: common.test_error(w, targets, x, reg, test.features, test.labels)
-    rw = curation.reweight(ones, targets, features=x, reg=reg_detect,
-                           steps=config.reweight_steps, learning_rate=config.reweight_lr,
-                           loss=config.loss, temperature=config.temperature)
-    return {"test_error_before": err(ones), "test_error_reweighted": err(rw.weights),
-            "test_error_after": refit_error(~flagged), "reweight_weights": rw.weights,
-            "reweight_losses": rw.losses, "test_error_oracle_removal": refit_error(~flipped)}
+    if config.reweight_steps > 0:
+      rw = curation.reweight(ones, targets, features=x, reg=reg_detect,
+                             steps=int(config.reweight_steps), learning_rate=config.reweight_lr,
+                             loss=config.loss, temperature=config.temperature)
+      weights, losses = rw.weights, rw.losses
+    else:
+      weights, losses = ones, np.zeros(0, np.float32)
+    return {"test_error_before": err(ones), "test_error_reweighted": err(weights),
+            "test_error_after": refit_error(~flagged), "reweight_weights": weights,
+            "reweight_losses": losses, "test_error_oracle_removal": refit_error(~flipped)}
 
   cur = wd.stage_arrays("curation", curation_stage)
+  if flagged.all():
+    notes["test_error_after"] = ("every sample is flagged: no refit on an empty set "
+                                 "(test_error_after is null)")
 
   def sensitivity_stage():
     rows = []
@@ -173,8 +229,7 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
       "n_test": len(test.labels), "feature_dim": int(x.shape[1]),
       "noise_type": config.noise_type, "noise_rate": config.noise_rate,
       "num_noisy": int(flipped.sum()), "loss": config.loss, "reg": reg,
-      "reg_chosen_by": "given" if (not isinstance(config.reg, str) and config.reg > 0)
-                       else "exact LOO minimum",
+      "reg_chosen_by": "given" if config.reg > 0 else "exact LOO minimum",
       "detection_reg": reg_detect,
       "detection_f1_top_k": _metrics(None, flipped, deriv, 0, top_k=True)["detection_f1"]
                             if flipped.any() else None,
@@ -184,9 +239,9 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
       "detection_recall": det.recall if det else None,
       "detection_auroc": det.auroc if det else None,
       "test_error_before": float(cur["test_error_before"]),
-      "test_error_after": float(cur["test_error_after"]),
+      "test_error_after": _none_if_nan(cur["test_error_after"]),
       "test_error_reweighted": float(cur["test_error_reweighted"]),
-      "test_error_oracle_removal": float(cur["test_error_oracle_removal"]),
+      "test_error_oracle_removal": _none_if_nan(cur["test_error_oracle_removal"]),
       "reweight_steps": config.reweight_steps,
       "reweight_loo_losses": np.asarray(cur["reweight_losses"]).tolist(),
       "loo_loss": float(st["loo_loss"]),
@@ -194,6 +249,7 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
                   "features": timings["features_s"]},
       "baselines": baselines,
       "sensitivity": sensitivity,
+      "notes": notes,
   }
   wd.write_json("metrics.json", metrics)
   wd.write_csv("per_sample.csv", {
@@ -226,8 +282,9 @@ def summary(m: dict) -> str:
       f"DIVA derivative: F1 {f3(m['detection_f1'])} (eps={m['eps']:g}, {m['num_flagged']} "
       f"flagged; top-k F1 {f3(m['detection_f1_top_k'])})  AUROC {f3(m['detection_auroc'])}  "
       f"in {m['seconds']['derivative']:.2f}s",
-      "baselines (F1 of the top k = number of noisy labels for rankings):",
   ]
+  if m["baselines"]:
+    lines.append("baselines (F1 of the top k = number of noisy labels for rankings):")
   for name, b in m["baselines"].items():
     lines.append(f"  {name:<22s} F1 {f3(b['detection_f1'])}  AUROC {f3(b['detection_auroc'])}  "
                  f"in {b['seconds']:.2f}s")
@@ -235,4 +292,6 @@ def summary(m: dict) -> str:
                f"({m['reweight_steps']} steps) {pct(m['test_error_reweighted'])} | flagged "
                f"removed {pct(m['test_error_after'])} | oracle removal "
                f"{pct(m['test_error_oracle_removal'])}")
+  for name, note in m.get("notes", {}).items():
+    lines.append(f"note: {name}: {note}")
   return "\n".join(lines)

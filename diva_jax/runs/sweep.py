@@ -1,8 +1,11 @@
 """Expands a config file's `get_hyper(hyper)` into runs, and runs or prints them.
 
 * local: the runs one after another in this machine (each a subprocess of the experiment
-  binary, so a failing run does not take the sweep down; finished runs are skipped when
-  the sweep is restarted, since each run's workdir resumes).
+  binary, so a failing run does not take the sweep down). A restarted sweep skips a run
+  only if its workdir holds metrics.json *and* a config.json equal to the config this run
+  would have now (the config file, its variants, the sweep point and any extra
+  `--config.*` arguments); otherwise the binary runs, resuming the stages of the same
+  config, or refusing a workdir of another config unless `--overwrite` is passed.
 * pod: prints, for each run, the one command to execute on every host of a TPU pod slice
   (`--distributed` makes each process call `jax.distributed.initialize()`; only process 0
   writes), e.g. through `gcloud compute tpus tpu-vm ssh NAME --worker=all --command=...`.
@@ -11,6 +14,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -19,6 +23,7 @@ import sys
 from typing import Callable, Optional
 
 from diva_jax.runs import hyper
+from diva_jax.runs.errors import ConfigError
 
 __all__ = ["expand", "run_name", "commands", "run_local"]
 
@@ -26,7 +31,7 @@ __all__ = ["expand", "run_name", "commands", "run_local"]
 def _load_config_module(config_path: str):
   path = config_path.split(":")[0]
   if not os.path.exists(path):
-    raise ValueError(f"config file {path!r} does not exist.")
+    raise ConfigError(f"config file {path!r} does not exist.")
   spec = importlib.util.spec_from_file_location("_sweep_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -37,10 +42,10 @@ def expand(config_path: str) -> list[dict]:
   """The list of {'config.key': value} overrides the config's get_hyper defines."""
   module = _load_config_module(config_path)
   if not hasattr(module, "get_hyper"):
-    raise ValueError(f"{config_path.split(':')[0]} defines no get_hyper(hyper).")
+    raise ConfigError(f"{config_path.split(':')[0]} defines no get_hyper(hyper).")
   runs = module.get_hyper(hyper)
   if not runs:
-    raise ValueError(f"get_hyper of {config_path} returned no run.")
+    raise ConfigError(f"get_hyper of {config_path} returned no run.")
   return runs
 
 
@@ -71,6 +76,36 @@ def commands(config_path: str, workdir: str, *, binary: Optional[str] = None,
   return out
 
 
+def resolved_config(argv: list[str]) -> Optional[dict]:
+  """The config (as stored in config.json) that the binary would run with `argv` (its
+  --config and --config.* arguments, parsed by ml_collections like the binary does); None if
+  they do not parse."""
+  from absl import flags
+  from ml_collections import config_flags
+  from diva_jax.runs import common
+  config_args = [a for a in argv if a.startswith("--config=") or a.startswith("--config.")]
+  fv = flags.FlagValues()
+  holder = config_flags.DEFINE_config_file("config", None, "", flag_values=fv,
+                                           lock_config=True)
+  try:
+    fv(["sweep"] + config_args)
+    return common._jsonable(holder.value)  # pylint: disable=protected-access
+  except Exception:  # pylint: disable=broad-except
+    return None  # let the binary itself report it
+
+
+def finished(workdir: str, argv: list[str]) -> bool:
+  """True if `workdir` holds metrics.json of a run of exactly the config `argv` gives."""
+  try:
+    with open(os.path.join(workdir, "config.json")) as f:
+      stored = json.load(f)
+    if not os.path.isfile(os.path.join(workdir, "metrics.json")):
+      return False
+  except (OSError, ValueError):
+    return False
+  return stored == resolved_config(argv)
+
+
 def run_local(config_path: str, workdir: str, *, binary: Optional[str] = None,
               extra_args: tuple[str, ...] = (), cwd: Optional[str] = None,
               progress: Optional[Callable[[int, int], None]] = None) -> list[dict]:
@@ -79,11 +114,13 @@ def run_local(config_path: str, workdir: str, *, binary: Optional[str] = None,
   cmds = commands(config_path, workdir, binary=binary, python=sys.executable)
   runs = expand(config_path)
   for i, ((wd, argv), ov) in enumerate(zip(cmds, runs)):
-    if os.path.exists(os.path.join(wd, "metrics.json")):
-      rc = 0  # finished in an earlier invocation of the sweep
+    argv = argv + list(extra_args)
+    skipped = finished(wd, argv[3:])
+    if skipped:
+      rc = 0  # finished in an earlier invocation of the sweep, with this very config
     else:
-      rc = subprocess.run(argv + list(extra_args), cwd=cwd).returncode
-    results.append({"workdir": wd, "overrides": ov, "returncode": rc})
+      rc = subprocess.run(argv, cwd=cwd).returncode
+    results.append({"workdir": wd, "overrides": ov, "returncode": rc, "skipped": skipped})
     if progress is not None:
       progress(i + 1, len(cmds))
   return results
