@@ -30,19 +30,22 @@ def _setup(n=24):
 
 
 def test_feature_and_kernel_forms_agree_on_linearized_network():
-  model, x, params, y = _setup()
+  n = 64
+  model, x, params, y = _setup(n)
   # Full linearisation: the regression target is the residual Y - f(w0, X).
   resid = y - np.asarray(model.apply(params, x))
-  a = np.linspace(0.0, 1.5, 24)
-  for trainable in (diva_jax.path_matches("head"),        # P = 18 < n: primal form
-                    None):                                 # P = 103 > n: dual form inside
+  a = np.linspace(0.0, 1.5, n)
+  # Features are the per-output Jacobians side by side: 3 x 18 = 54 < n for the head (the
+  # primal form), 3 x 103 = 309 > n for every parameter (the dual form, through Z Z^T).
+  for trainable, width in ((diva_jax.path_matches("head"), 54), (None, 309)):
     feats = jax.jit(diva_jax.jacobian_features(model.apply, trainable=trainable))(x, params)
+    assert feats.shape == (n, width)
     kern = jax.jit(diva_jax.empirical_ntk_fn(model.apply, trainable=trainable,
                                              implementation="jacobian_contraction"))(
                                                  x, None, params)
     np.testing.assert_allclose(feats @ feats.T, kern, rtol=1e-10, atol=1e-12)
     kern = 0.5 * (kern + kern.T)
-    reg = 0.05 * float(jnp.trace(kern)) / 24
+    reg = 0.05 * float(jnp.trace(kern)) / n
     pf = diva_jax.loo_predictions(a, resid, features=feats, reg=reg)
     pk = diva_jax.loo_predictions(a, resid, kernel=kern, reg=reg)
     np.testing.assert_allclose(pf, pk, rtol=1e-7, atol=1e-9)

@@ -11,7 +11,10 @@ from jax.test_util import check_grads
 from sklearn.linear_model import RidgeCV
 
 import diva_jax
+from diva_jax import _xla
+from diva_jax import closed_form as cf
 from diva_jax import loo
+from diva_jax import reg_selection
 
 
 def _problem(n=24, d=6, c=3, seed=0, zeros=(1, 7)):
@@ -75,7 +78,7 @@ def test_primal_and_dual_agree_on_loss_and_derivative():
 
 
 def _reference_grad(a, y, x, reg, mask, loss, form, temperature=1.0):
-  return jax.grad(loo._loo_loss_reference)(
+  return jax.grad(cf.loo_loss_impl)(
       jnp.asarray(a), jnp.asarray(y), jnp.asarray(x), reg, jnp.asarray(mask, jnp.float64),
       temperature, form, loss)
 
@@ -125,7 +128,7 @@ def test_check_grads_through_public_loss_including_zero_weights():
   fk = jax.jit(lambda w: diva_jax.loo_loss(w, y, kernel=z @ z.T, reg=0.6))
   check_grads(fk, (jnp.asarray(a),), order=1, modes=("rev",), eps=1e-6)
   # The reference closed form is smooth in every input to second order.
-  ref = jax.jit(lambda w, yy, zz: loo._loo_loss_reference(w, yy, zz, 0.6, jnp.ones(16), 1.0,
+  ref = jax.jit(lambda w, yy, zz: cf.loo_loss_impl(w, yy, zz, 0.6, jnp.ones(16), 1.0,
                                                           "primal", "mse"))
   check_grads(ref, (jnp.asarray(a), jnp.asarray(y), jnp.asarray(z)), order=2, eps=1e-5,
               modes=("rev",))
@@ -136,7 +139,7 @@ def test_grad_of_user_code_uses_explicit_rule_and_other_inputs_get_autodiff():
   def user(w, zz):
     return diva_jax.loo_loss(w * 1.0, y, features=zz, reg=0.4) ** 2
   gw, gz = jax.jit(jax.grad(user, argnums=(0, 1)))(jnp.asarray(a), jnp.asarray(z))
-  ref = lambda w, zz: loo._loo_loss_reference(w, jnp.asarray(y), zz, 0.4, jnp.ones(18), 1.0,
+  ref = lambda w, zz: cf.loo_loss_impl(w, jnp.asarray(y), zz, 0.4, jnp.ones(18), 1.0,
                                               "primal", "mse") ** 2
   rw, rz = jax.grad(ref, argnums=(0, 1))(jnp.asarray(a), jnp.asarray(z))
   np.testing.assert_allclose(gw, rw, rtol=1e-9, atol=1e-13)
@@ -159,20 +162,24 @@ def test_jit_and_vmap_over_problems():
 
 def test_no_recompilation_when_weights_targets_or_reg_change():
   z, y, a = _problem(n=22, d=5, c=2, seed=9)
+  # backend="xla": NumPy inputs on CPU would otherwise take the (uncompiled) host path.
   fn = loo._loo_value_and_grad_jit
-  diva_jax.dataset_derivative(a, y, features=z, reg=0.3)
+  start = fn._cache_size()
+  diva_jax.dataset_derivative(a, y, features=z, reg=0.3, backend="xla")
   before = fn._cache_size()
+  assert before == start + 1  # the jitted path was reached (and compiled once)
   rng = np.random.default_rng(1)
   for k in range(4):
     diva_jax.dataset_derivative(rng.uniform(size=22), rng.normal(size=(22, 2)), features=z,
-                                reg=0.1 * (k + 1), eval_mask=rng.uniform(size=22) > 0.2)
+                                reg=0.1 * (k + 1), eval_mask=rng.uniform(size=22) > 0.2,
+                                backend="xla")
   assert fn._cache_size() == before
   pred_fn = loo._loo_predictions_jit
   diva_jax.loo_predictions(a, y, kernel=z @ z.T, reg=1.0)
   before = pred_fn._cache_size()
   diva_jax.loo_predictions(a * 2, -y, kernel=z @ z.T, reg=3.0)
   assert pred_fn._cache_size() == before
-  sel = loo._select_reg_jit
+  sel = reg_selection._grid_losses
   diva_jax.select_reg(y, features=z)
   before = sel._cache_size()
   diva_jax.select_reg(-y, features=z, rel_grid=np.logspace(-2, 2, 46))
@@ -274,7 +281,7 @@ _Z, _Y, _A = _problem(n=10, d=3, c=2, zeros=())
     (dict(features=_Z, eval_mask=np.zeros(10, bool)), "eval_mask selects no sample"),
     (dict(features=_Z, eval_mask=np.ones(9, bool)), r"eval_mask must have shape \[n\]"),
     (dict(features=_Z, loss="hinge"), "loss must be one of"),
-    (dict(features=_Z, temperature=0.0), "temperature must be > 0"),
+    (dict(features=_Z, temperature=0.0), "temperature must be a finite number > 0"),
     (dict(features=_Z.astype(np.int32)), "features must be a floating-point array"),
 ])
 def test_bad_input_raises_clear_value_error(kwargs, match):
@@ -310,6 +317,14 @@ def test_validation_bad_input():
     diva_jax.validation_derivative(a, y, y, features=z, val_features=z[:4], reg=1.0)
 
 
+_xla_jit = jax.jit(_xla.value_and_grad, static_argnames=("form", "loss", "with_grad"))
+
+
+def _xla_vg(*args, form, loss, with_grad=True):
+  """The XLA backend, jitted (the code GPUs and TPUs run)."""
+  return _xla_jit(*args, form=form, loss=loss, with_grad=with_grad)
+
+
 @pytest.mark.parametrize("loss", ["mse", "ce"])
 def test_host_blas_path_equals_xla_path(loss):
   """On CPU the float64 primal value and gradient run in NumPy/SciPy BLAS (diva_jax._host);
@@ -321,23 +336,21 @@ def test_host_blas_path_equals_xla_path(loss):
   mask = (np.arange(40) % 4 != 0).astype(np.float64)
   host_v, host_g = _host.primal_value_and_grad(a, y, z, 0.7, mask, 0.5, loss=loss,
                                                with_grad=True)
-  xla_v, xla_g = jax.jit(loo._loo_value_and_grad_xla, static_argnums=(6, 7))(
-      jnp.asarray(a), jnp.asarray(y), jnp.asarray(z), 0.7, jnp.asarray(mask), 0.5, "primal",
-      loss)
+  xla_v, xla_g = _xla_vg(jnp.asarray(a), jnp.asarray(y), jnp.asarray(z), 0.7,
+                         jnp.asarray(mask), 0.5, form="primal", loss=loss)
   np.testing.assert_allclose(host_v, xla_v, rtol=1e-12)
   np.testing.assert_allclose(host_g, xla_g, rtol=1e-9, atol=1e-14)
   # Negative weights (possible only under a user's jit) take the GEMM branch in both.
   neg = a.copy()
   neg[3] = -0.05
   hv, hg = _host.primal_value_and_grad(neg, y, z, 0.7, mask, 0.5, loss=loss, with_grad=True)
-  xv, xg = jax.jit(loo._loo_value_and_grad_xla, static_argnums=(6, 7))(
-      jnp.asarray(neg), jnp.asarray(y), jnp.asarray(z), 0.7, jnp.asarray(mask), 0.5, "primal",
-      loss)
+  xv, xg = _xla_vg(jnp.asarray(neg), jnp.asarray(y), jnp.asarray(z), 0.7, jnp.asarray(mask),
+                   0.5, form="primal", loss=loss)
   np.testing.assert_allclose(hv, xv, rtol=1e-12)
   np.testing.assert_allclose(hg, xg, rtol=1e-9, atol=1e-14)
   # ... and both equal autodiff through the reference closed form (an independent oracle;
   # with a negative weight N = B^T diag(a u) B is indefinite even for the squared error).
-  ref = jax.grad(loo._loo_loss_reference)(jnp.asarray(neg), jnp.asarray(y), jnp.asarray(z),
+  ref = jax.grad(cf.loo_loss_impl)(jnp.asarray(neg), jnp.asarray(y), jnp.asarray(z),
                                           0.7, jnp.asarray(mask), 0.5, "primal", loss)
   np.testing.assert_allclose(hg, ref, rtol=1e-9, atol=1e-14)
 
@@ -356,7 +369,7 @@ def test_host_primal_float32_and_mixed_signs(loss, seed):
   a = rng.uniform(0.0, 2.0, n)
   a[::7] = 0.0
   mask = (np.arange(n) % 5 != 0).astype(np.float64)
-  ref_v, ref_g = jax.value_and_grad(loo._loo_loss_reference)(
+  ref_v, ref_g = jax.value_and_grad(cf.loo_loss_impl)(
       jnp.asarray(a), jnp.asarray(y), jnp.asarray(z), 3.0, jnp.asarray(mask), 0.5, "primal",
       loss)
   v32, g32 = _host.primal_value_and_grad(*(x.astype(np.float32) for x in (a, y, z)), 3.0,
@@ -396,11 +409,11 @@ def test_host_dual_path_equals_xla_path(loss, with_grad):
   hv, hg = _host.dual_value_and_grad(a, y, kern, 0.7, mask, 0.5, loss=loss, with_grad=with_grad)
   args = (jnp.asarray(a), jnp.asarray(y), jnp.asarray(kern), 0.7, jnp.asarray(mask), 0.5)
   if with_grad:
-    xv, xg = jax.jit(loo._loo_value_and_grad_xla, static_argnums=(6, 7))(*args, "dual", loss)
+    xv, xg = _xla_vg(*args, form="dual", loss=loss)
     np.testing.assert_allclose(hg, xg, rtol=1e-8, atol=1e-13)
   else:
     assert hg is None
-    xv = jax.jit(loo._loo_loss_value_xla, static_argnums=(6, 7))(*args, "dual", loss)
+    xv, _ = _xla_vg(*args, form="dual", loss=loss, with_grad=False)
   np.testing.assert_allclose(hv, xv, rtol=1e-10)
 
 

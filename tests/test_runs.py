@@ -144,25 +144,58 @@ def test_workdir_with_a_different_config_is_refused(shared_dirs, tmp_path):
 
 
 @pytest.mark.parametrize("field, value, match", [
-    ("noise_rate", 1.0, r"noise_rate must be in \[0, 1\), got 1.0"),
-    ("noise_type", "gaussian", "noise_type must be"),
-    ("backbone", "resnet", "unknown backbone 'resnet'"),
+    ("noise_rate", 1.0, r"noise_rate must be a finite number in \[0, 1\), got 1.0"),
+    ("noise_rate", -0.1, r"noise_rate must be"),
+    ("noise_type", "gaussian", "noise_type must be one of"),
+    ("backbone", "resnet", "backbone must be one of .* got 'resnet'"),
     ("dataset", "no_such_dataset_xyz", "unknown dataset 'no_such_dataset_xyz'"),
-    ("reg", "best", "reg must be a number > 0 or 'auto'"),
+    ("reg", -1.0, r"reg must be a finite number >= 0, got -1.0"),
+    ("reg", float("nan"), r"reg must be a finite number >= 0"),
+    ("reg", float("inf"), r"reg must be a finite number >= 0"),
+    ("detection_reg_multiplier", 0.0, r"^detection_reg_multiplier must be .* > 0, got 0.0"),
+    ("temperature", 0.0, r"^temperature must be"),
+    ("eps", float("nan"), r"^eps must be a finite number"),
+    ("sensitivity_reg_multipliers", (1.0, -2.0), r"^sensitivity_reg_multipliers must be"),
+    ("sensitivity_losses", ("mse", "hinge"), r"^sensitivity_losses must be one of"),
+    ("max_train", -1, r"^max_train must be an integer >= 0"),
 ])
 def test_bad_config_values(shared_dirs, tmp_path, field, value, match):
+  """Defects 1, 5, 7: refused up front, naming the field, and nothing written (a typo must
+  not lock the workdir to a bad config)."""
   cfg = _pixels_config(shared_dirs)
   setattr(cfg, field, value)
-  with pytest.raises(ValueError, match=match):
-    outlier_rejection.run(cfg, str(tmp_path))
+  with pytest.raises(common.ConfigError, match=match):
+    outlier_rejection.run(cfg, str(tmp_path / "wd"))
+  assert not os.path.exists(tmp_path / "wd")
+
+
+def test_int_fields_must_be_integers(shared_dirs, tmp_path):
+  """Defect 7: integer-valued fields (here inside a tuple, which ml_collections does not
+  type-check) are validated before the run starts."""
+  cfg = configs.dataset_extension.get_config("digits,pixels")
+  cfg.data_dir, cfg.cache_dir = shared_dirs
+  for field, value, match in (("budgets", (10, 2.5), r"^budgets must be a non-empty tuple "
+                                                     r"of integers >= 1, got \(10, 2.5\)"),
+                              ("budgets", (), r"^budgets must be a non-empty"),
+                              ("uniform_repeats", 0, r"^uniform_repeats must be an integer >= 1"),
+                              ("k", True, r"^k must be an integer >= 1, got True"),
+                              ("pool_noise_rate", -0.1, r"^pool_noise_rate must be a finite "
+                                                        r"number in \[0, 1\)")):
+    bad = cfg.copy_and_resolve_references()
+    with bad.ignore_type():
+      setattr(bad, field, value)
+    with pytest.raises(common.ConfigError, match=match):
+      dataset_extension.run(bad, str(tmp_path / "wd"))
+  assert not os.path.exists(tmp_path / "wd")
 
 
 def test_extension_budget_larger_than_pool(shared_dirs, tmp_path):
   cfg = configs.dataset_extension.get_config("pixels")
   cfg.data_dir, cfg.cache_dir = shared_dirs
   cfg.dataset, cfg.budgets = "digits", (10, 5000)
-  with pytest.raises(ValueError, match=r"budgets must be in \[1, pool size = 1338\]"):
-    dataset_extension.run(cfg, str(tmp_path))
+  with pytest.raises(common.ConfigError, match=r"budgets must be in \[1, pool size = 1338\]"):
+    dataset_extension.run(cfg, str(tmp_path / "wd"))
+  assert not os.path.exists(tmp_path / "wd")  # checked after loading, before writing
 
 
 def test_cli_unknown_config_key_is_refused(tmp_path):
@@ -175,33 +208,48 @@ def test_cli_unknown_config_key_is_refused(tmp_path):
   assert not os.path.exists(tmp_path / "metrics.json")
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_results(shared_dirs, tmp_path):
-  """kill -9 in the middle of a run, restart in the same workdir: identical metrics."""
-  args = ["--config=configs/outlier_rejection.py:runlocal", "--config.backbone=pixels",
-          "--config.dataset=digits", "--config.max_train=0", "--config.max_test=0",
-          f"--config.data_dir={shared_dirs[0]}", "--config.cv_logistic=False",
-          "--config.plots=False", "--config.sensitivity_losses=('mse',)",
+  """kill -9 in the middle of a run, restart in the same workdir: identical metrics.
+
+  Defect 9: the kill must land mid-run (after the derivative stage is saved, while the
+  slower baseline stage runs), and the restart must load that stage instead of recomputing
+  it; both are asserted, not assumed."""
+  args = ["--config=configs/outlier_rejection.py:runlocal,digits,pixels",
+          "--config.max_train=0", "--config.max_test=0",
+          f"--config.data_dir={shared_dirs[0]}", "--config.cv_logistic=True",
+          "--config.logistic_max_iter=300", "--config.plots=False",
+          "--config.sensitivity_losses=('mse',)",
           "--config.sensitivity_reg_multipliers=(1.0,)"]
   run = lambda wd: subprocess.Popen([sys.executable, "-m", "experiments.outlier_rejection",
                                      f"--workdir={wd}"] + args, cwd=REPO,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
   ref = run(tmp_path / "ref")
-  assert ref.wait(timeout=300) == 0, ref.stderr.read().decode()[-2000:]
+  _, err = ref.communicate(timeout=300)
+  assert ref.returncode == 0, err.decode()[-2000:]
 
   wd = tmp_path / "killed"
   proc = run(wd)
   stage = wd / "stages" / "derivative.npz"
   deadline = time.time() + 240
   while not stage.exists() and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.05)
+    time.sleep(0.01)
   assert stage.exists(), "the run never reached its first stage"
-  killed_mid_run = proc.poll() is None
-  if killed_mid_run:
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-  assert not (wd / "metrics.json").exists() or not killed_mid_run
+  assert proc.poll() is None, "the run finished before it could be killed mid-run"
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.communicate()
+  assert proc.returncode == -signal.SIGKILL
+  assert not (wd / "metrics.json").exists()
+  assert not (wd / "stages" / "curation.npz").exists()
+  stage_bytes = stage.read_bytes()
+
   again = run(wd)
-  assert again.wait(timeout=300) == 0, again.stderr.read().decode()[-2000:]
+  _, err = again.communicate(timeout=300)
+  err = err.decode()
+  assert again.returncode == 0, err[-2000:]
+  assert "stage derivative: loaded" in err  # resumed from the stage saved before the kill
+  assert "stage curation: computed" in err
+  assert stage.read_bytes() == stage_bytes
   m_ref = json.loads((tmp_path / "ref" / "metrics.json").read_text())
   m_new = json.loads((wd / "metrics.json").read_text())
   strip = lambda m: {k: v for k, v in m.items() if k not in ("seconds", "baselines")}
@@ -221,6 +269,7 @@ def test_get_hyper_expands_to_runs():
     hyper.sweep("noise_rate", [0.1])
 
 
+@pytest.mark.slow
 def test_sweep_runs_each_point_and_skips_finished_ones(shared_dirs, tmp_path):
   from diva_jax.runs import sweep
   cfg_file = tmp_path / "tiny_sweep.py"
@@ -247,6 +296,29 @@ def test_sweep_runs_each_point_and_skips_finished_ones(shared_dirs, tmp_path):
            for r in res]
   assert noisy == [60, 180]
   mtime = os.path.getmtime(os.path.join(res[0]["workdir"], "metrics.json"))
-  sweep.run_local(str(cfg_file), str(tmp_path / "sw"), binary="experiments.outlier_rejection",
-                  cwd=env_cwd)
+  again = sweep.run_local(str(cfg_file), str(tmp_path / "sw"),
+                          binary="experiments.outlier_rejection", cwd=env_cwd)
+  assert [r["skipped"] for r in again] == [True, True]
   assert os.path.getmtime(os.path.join(res[0]["workdir"], "metrics.json")) == mtime
+
+  # Defect 2: extra arguments change the config: the finished runs are not "finished" for
+  # it. Without --overwrite the binary refuses the workdir (old results are not reported as
+  # the new ones); with it, the runs are redone.
+  argv = cmds[0][1][3:]
+  assert sweep.finished(res[0]["workdir"], argv)
+  assert not sweep.finished(res[0]["workdir"], argv + ["--config.max_train=300"])
+  changed = sweep.run_local(str(cfg_file), str(tmp_path / "sw"),
+                            binary="experiments.outlier_rejection", cwd=env_cwd,
+                            extra_args=("--config.max_train=300",))
+  assert [r["skipped"] for r in changed] == [False, False]
+  assert all(r["returncode"] == 2 for r in changed)
+  assert os.path.getmtime(os.path.join(res[0]["workdir"], "metrics.json")) == mtime
+  redone = sweep.run_local(str(cfg_file), str(tmp_path / "sw"),
+                           binary="experiments.outlier_rejection", cwd=env_cwd,
+                           extra_args=("--config.max_train=300", "--overwrite"))
+  assert [r["returncode"] for r in redone] == [0, 0]
+  noisy = [json.loads(open(os.path.join(r["workdir"], "metrics.json")).read())["num_noisy"]
+           for r in redone]
+  assert noisy == [30, 90]
+  stored = json.loads(open(os.path.join(res[0]["workdir"], "config.json")).read())
+  assert stored["max_train"] == 300

@@ -28,17 +28,31 @@ def _override_keys(argv) -> list[str]:
   return [a.lstrip("-").split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
 
 
+def _without_traceback(message: str) -> str:
+  """ml_collections embeds the config file's traceback in its flag error: keep the error."""
+  if "Traceback (most recent call last)" not in message:
+    return message
+  head = message.split("Traceback (most recent call last)")[0].rstrip(" :\n")
+  last = [line for line in message.splitlines() if line.strip()][-1].strip()
+  return f"{head}: {last}"
+
+
 def parse_flags(argv):
   """absl's flag parsing, with bad flags and config overrides reported in one line."""
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    fail(e)
+    fail(_without_traceback(str(e)))
   except (AttributeError, KeyError) as e:
     # ml_collections: an override of a field the config does not have.
     keys = ", ".join(f"--{k}" for k in _override_keys(argv)) or "--config"
-    detail = e.args[0] if e.args else e
-    fail(f"unknown config field in {keys}: {detail}")
+    hint = ""
+    for err in (e, e.__context__, getattr(e.__context__, "__context__", None)):
+      text = str(err.args[0]) if err is not None and err.args else ""
+      if "did you mean" in text.lower():
+        hint = " (" + text[text.lower().index("did you mean"):].strip(" '\"") + ")"
+        break
+    fail(f"{keys}: the config has no such field{hint}.")
   except (TypeError, ValueError) as e:
     # ml_collections: an override whose value does not fit the field's type; or the config
     # file's get_config() refusing its argument (an unknown variant).

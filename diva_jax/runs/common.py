@@ -215,6 +215,11 @@ class Workdir:
       raise ConfigError("--workdir must name a directory, got an empty path.")
     if os.path.exists(self.path) and not os.path.isdir(self.path):
       raise ConfigError(f"workdir {self.path} exists and is not a directory.")
+    parent = os.path.dirname(os.path.abspath(self.path))
+    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+      parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+      raise ConfigError(f"cannot create workdir {self.path}: {parent} is not a directory.")
     self.config = _jsonable(config)
     self.write = is_main_process()
     self._committed = False

@@ -84,11 +84,12 @@ def resolved_config(argv: list[str]) -> Optional[dict]:
   from ml_collections import config_flags
   from diva_jax.runs import common
   config_args = [a for a in argv if a.startswith("--config=") or a.startswith("--config.")]
+  argv = ["sweep"] + config_args
   fv = flags.FlagValues()
   holder = config_flags.DEFINE_config_file("config", None, "", flag_values=fv,
-                                           lock_config=True)
+                                           lock_config=True, sys_argv=argv)
   try:
-    fv(["sweep"] + config_args)
+    fv(argv)
     return common._jsonable(holder.value)  # pylint: disable=protected-access
   except Exception:  # pylint: disable=broad-except
     return None  # let the binary itself report it
