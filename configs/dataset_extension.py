@@ -5,9 +5,11 @@ is mislabelled; EfficientNet-Lite0 features.
   python -m experiments.dataset_extension --config=configs/dataset_extension.py:runlocal \
       --workdir=/tmp/diva/extension_local
 
-Expected (default variant; README has the measured table): DIVA's picks are almost all
-clean and beat uniform picks at every budget; its picks are redundant (close to the core), so
-the whole pool, with its many more clean samples, can still do better.
+Expected (default variant): DIVA's picks are almost all clean, while half of a uniform pick
+is mislabelled; its picks are redundant (close to the core), so the whole pool, with its many
+more clean samples, can still do better. How DIVA compares with uniform picks at each
+budget is in metrics.json (`diva`, `uniform`); the README's table has measured numbers.
+Variants (comma-separated, they combine): `:runlocal`, `:digits`, `:pixels`, `:jacobian`.
 """
 
 import ml_collections

@@ -5,6 +5,10 @@ r"""Multi-modal aggregation: 20-shot MNIST-5k core + candidates from scikit-lear
   python -m experiments.multimodal_aggregation --config=configs/multimodal_aggregation.py:runlocal \
       --workdir=/tmp/diva/multimodal_local
 
+Variants (comma-separated, they combine: `:runlocal,pixels`): `:runlocal` (smaller), `:digits`
+(core from scikit-learn's 8x8 digits; candidates its pool and printed glyphs), `:pixels` (raw
+pixels, every modality resized to the core's image shape).
+
 With your own embeddings (e.g. CLIP image + text, the paper's experiment):
 
   python -m experiments.multimodal_aggregation --workdir=/tmp/diva/clip \

@@ -66,7 +66,7 @@ def _host_fn(form):
 
 def value_and_grad_eager(weights, targets, x, reg, mask, temperature, form, loss, with_grad):
   """The host backend on concrete arrays (NumPy views, no copies where the dtype matches)."""
-  dtype = np.dtype(np.result_type(x))
+  dtype = np.dtype(x.dtype) if hasattr(x, "dtype") else np.result_type(x)
   cast = lambda a: np.asarray(a, dtype)
   value, grad = _host_fn(form)(cast(weights), cast(targets), cast(x), dtype.type(reg),
                                cast(mask), dtype.type(temperature), loss=loss,

@@ -160,6 +160,7 @@ def test_jit_and_vmap_over_problems():
     np.testing.assert_allclose(l, diva_jax.loo_loss(a, y, kernel=z @ z.T, reg=r), rtol=1e-10)
 
 
+@pytest.mark.filterwarnings("ignore:select_reg")
 def test_no_recompilation_when_weights_targets_or_reg_change():
   z, y, a = _problem(n=22, d=5, c=2, seed=9)
   # backend="xla": NumPy inputs on CPU would otherwise take the (uncompiled) host path.

@@ -53,6 +53,7 @@ def test_issue_example_float32_wide_features_match_brute_force():
     np.testing.assert_allclose(float(got32), ref, rtol=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore:select_reg")
 @pytest.mark.parametrize("shape", [(60, 20), (40, 40), (30, 90)], ids=["d<n", "d=n", "d>n"])
 @pytest.mark.parametrize("form", ["features", "kernel"])
 @pytest.mark.parametrize("backend", ["auto", "xla"])
@@ -81,6 +82,7 @@ def test_float32_equals_float64_over_select_reg_grid(shape, form, backend):
     del v64, g64
 
 
+@pytest.mark.filterwarnings("ignore:select_reg")
 def test_float64_loo_matches_brute_force_at_smallest_grid_reg_with_d_greater_than_n():
   z, y, _ = _problem(25, 60, seed=3)
   a = np.ones(25)

@@ -322,3 +322,167 @@ def test_sweep_runs_each_point_and_skips_finished_ones(shared_dirs, tmp_path):
   assert noisy == [30, 90]
   stored = json.loads(open(os.path.join(res[0]["workdir"], "config.json")).read())
   assert stored["max_train"] == 300
+
+
+def _digits_pixels(module, shared_dirs, variants="digits,pixels", **overrides):
+  cfg = module.get_config(variants)
+  cfg.data_dir, cfg.cache_dir = shared_dirs
+  for k, v in overrides.items():
+    setattr(cfg, k, v)
+  return cfg
+
+
+def _strict_json(path):
+  """json.load that refuses NaN / Infinity (not JSON)."""
+  def bad(c):
+    raise ValueError(f"not JSON: {c}")
+  with open(path) as f:
+    return json.load(f, parse_constant=bad)
+
+
+@pytest.mark.parametrize("max_train", [5, 20, 40])
+def test_outlier_rejection_small_data_n_below_d(shared_dirs, tmp_path, max_train):
+  """Defects 6 and 11: tiny train sets (n < d = 65 pixel features + bias) run to the end;
+  baselines that cannot run are skipped with a note; metrics.json is strict JSON."""
+  cfg = _digits_pixels(configs.outlier_rejection, shared_dirs, max_train=max_train,
+                       max_test=100, plots=True, sensitivity_reg_multipliers=(0.1, 1.0))
+  m = outlier_rejection.run(cfg, str(tmp_path))
+  assert m["n_train"] == max_train < m["feature_dim"]
+  assert {"random", "loo_loss_ranking"} <= set(m["baselines"])
+  for name in ("cleanlab_exact_loo", "cleanlab_cv_logistic"):
+    assert (name in m["baselines"]) != (name in m["notes"])
+  if max_train < 25:  # 5-fold CV needs 5 samples of every class
+    assert m["notes"]["cleanlab_cv_logistic"].startswith("skipped: ")
+  assert _strict_json(tmp_path / "metrics.json")["notes"] == m["notes"]
+
+
+def test_outlier_rejection_everything_flagged_no_refit(shared_dirs, tmp_path):
+  """Defect 6: with every sample flagged (eps below every derivative), no refit on the
+  empty set: test_error_after is null with a note; no baseline header in the summary."""
+  cfg = _digits_pixels(configs.outlier_rejection, shared_dirs, max_train=60, max_test=50,
+                       baselines=False, plots=False, eps=-1e9,
+                       sensitivity_reg_multipliers=(1.0,))
+  m = outlier_rejection.run(cfg, str(tmp_path))
+  assert m["num_flagged"] == m["n_train"]
+  assert m["test_error_after"] is None and "empty" in m["notes"]["test_error_after"]
+  assert m["baselines"] == {}
+  on_disk = _strict_json(tmp_path / "metrics.json")
+  assert on_disk["test_error_after"] is None
+  assert "baselines" not in outlier_rejection.summary(m)
+
+
+def test_reg_is_a_float_field(shared_dirs, tmp_path):
+  """Defect 1: reg is a float (0.0 = choose by exact LOO), settable from the command line."""
+  from diva_jax.runs import sweep
+  for module in (configs.outlier_rejection, configs.dataset_extension,
+                 configs.multimodal_aggregation):
+    assert module.get_config().reg == 0.0
+  path = os.path.join(REPO, "configs", "outlier_rejection.py")
+  cfg = sweep.resolved_config([f"--config={path}:digits,pixels", "--config.reg=0.5"])
+  assert cfg["reg"] == 0.5 and cfg["dataset"] == "digits" and cfg["backbone"] == "pixels"
+  given = _digits_pixels(configs.outlier_rejection, shared_dirs, max_train=100, max_test=50,
+                         baselines=False, plots=False, sensitivity_reg_multipliers=(), reg=0.5)
+  m = outlier_rejection.run(given, str(tmp_path))
+  assert m["reg"] == 0.5 and m["reg_chosen_by"] == "given"
+
+
+def test_variants_combine_in_every_binary():
+  """Defect 4: :digits and :pixels exist for every binary, and variants combine."""
+  for module in (configs.outlier_rejection, configs.dataset_extension,
+                 configs.multimodal_aggregation):
+    c = module.get_config("runlocal,digits,pixels")
+    assert (c.dataset, c.backbone) == ("digits", "pixels")
+    assert c.image_size == 64  # runlocal
+    with pytest.raises(ValueError, match="unknown variant"):
+      module.get_config("runlocal,nope")
+
+
+def test_multimodal_pixels_real_derivatives_and_group_steps_zero(shared_dirs, tmp_path):
+  """Defect 4: pixels backbone (modalities of different image sizes), per_sample.csv with
+  the real derivative, group_steps = 0 handled."""
+  cfg = _digits_pixels(configs.multimodal_aggregation, shared_dirs, "runlocal,pixels",
+                       max_per_modality=100, glyphs_per_class=5, budget=30, group_steps=0,
+                       max_test=100)
+  m = multimodal_aggregation.run(cfg, str(tmp_path))
+  assert m["num_picked"] == 30 and m["modality_weights"] == {}
+  assert "not computed" in multimodal_aggregation.summary(m)
+  rows = _read_csv(tmp_path / "per_sample.csv")
+  assert "noisy" not in rows[0]
+  deriv = np.array([float(r["derivative"]) for r in rows])
+  assert np.all(np.isfinite(deriv)) and np.count_nonzero(deriv) > len(deriv) // 2
+  # Picks are the candidates the derivative favours: their first-round derivatives are
+  # among the most negative ones.
+  picked = np.array([r["selection_rank"] == "0" for r in rows])
+  cand = np.array([r["source"] != "core" for r in rows])
+  assert deriv[picked][0] <= np.median(deriv[cand])
+  bad = cfg.copy_and_resolve_references()
+  bad.group_steps = -1
+  with pytest.raises(common.ConfigError, match="^group_steps must be an integer >= 0"):
+    multimodal_aggregation.run(bad, str(tmp_path / "bad"))
+
+
+def test_multimodal_candidate_labels_outside_core_classes(tmp_path):
+  """Defect 5: a one-line ConfigError, not an IndexError deep in one_hot."""
+  rng = np.random.default_rng(0)
+  np.savez(tmp_path / "core.npz", features=rng.normal(size=(20, 4)), labels=np.arange(20) % 3)
+  np.savez(tmp_path / "test.npz", features=rng.normal(size=(10, 4)), labels=np.arange(10) % 3)
+  np.savez(tmp_path / "cand.npz", features=rng.normal(size=(10, 4)), labels=np.arange(10) % 5)
+  cfg = configs.multimodal_aggregation.get_config()
+  cfg.core_npz, cfg.test_npz = str(tmp_path / "core.npz"), str(tmp_path / "test.npz")
+  cfg.candidate_npz = (f"c={tmp_path / 'cand.npz'}",)
+  cfg.plots = False
+  with pytest.raises(common.ConfigError, match=r"candidate 'c' has labels \[3, 4\] that are "
+                                               r"not classes of the core"):
+    multimodal_aggregation.run(cfg, str(tmp_path / "wd"))
+
+
+def test_overwrite_removes_every_stale_output_even_if_the_new_run_fails(
+    shared_dirs, tmp_path, monkeypatch):
+  """Defect 2: --overwrite leaves no metrics.json / CSV / plot of the old run beside the
+  new config, also when the new run then fails."""
+  cfg = _digits_pixels(configs.outlier_rejection, shared_dirs, max_train=100, max_test=50,
+                       baselines=False, plots=True, sensitivity_reg_multipliers=())
+  outlier_rejection.run(cfg, str(tmp_path))
+  (tmp_path / "cache").mkdir()
+  (tmp_path / "cache" / "keep.npz").write_bytes(b"x")
+  old = set(os.listdir(tmp_path))
+  assert {"metrics.json", "per_sample.csv", "derivative_histogram.png", "stages"} <= old
+  other = cfg.copy_and_resolve_references()
+  other.noise_rate = 0.3
+  def boom(*a, **k):
+    raise RuntimeError("the new run fails")
+  monkeypatch.setattr(common, "test_error", boom)
+  with pytest.raises(RuntimeError, match="the new run fails"):
+    outlier_rejection.run(other, str(tmp_path), overwrite=True)
+  left = set(os.listdir(tmp_path))
+  assert not left & {"metrics.json", "per_sample.csv", "derivative_histogram.png",
+                     "harmful_helpful.png"}
+  assert json.loads((tmp_path / "config.json").read_text())["noise_rate"] == 0.3
+  assert set(os.listdir(tmp_path / "stages")) == {"derivative.npz"}  # the new run's only
+  assert (tmp_path / "cache" / "keep.npz").exists()  # validated feature cache is kept
+
+
+def test_outputs_respect_the_umask(shared_dirs, tmp_path):
+  """Defect 8: outputs are created 0o666 & ~umask like any tool's, not mkstemp's 0o600."""
+  cfg = _digits_pixels(configs.outlier_rejection, shared_dirs, max_train=60, max_test=30,
+                       baselines=False, plots=True, sensitivity_reg_multipliers=())
+  old = os.umask(0o022)
+  try:
+    outlier_rejection.run(cfg, str(tmp_path / "a"))
+    os.umask(0o027)
+    outlier_rejection.run(cfg, str(tmp_path / "b"))
+  finally:
+    os.umask(old)
+  for sub, mode in (("a", 0o644), ("b", 0o640)):
+    files = [os.path.join(r, f) for r, _, fs in os.walk(tmp_path / sub) for f in fs]
+    assert len(files) >= 6
+    assert {f: oct(os.stat(f).st_mode & 0o777) for f in files} == {f: oct(mode) for f in files}
+
+
+def test_extension_nan_free_strict_json(tmp_path):
+  """Defect 6: every JSON write is strict (allow_nan=False), NaN written as null."""
+  from diva_jax import io_utils
+  io_utils.atomic_write_json(tmp_path / "m.json", {"a": float("nan"), "b": [1.0, float("inf")],
+                                                   "c": {"d": -float("inf"), "e": 2}})
+  assert _strict_json(tmp_path / "m.json") == {"a": None, "b": [1.0, None],
+                                               "c": {"d": None, "e": 2}}
