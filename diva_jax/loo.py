@@ -107,7 +107,7 @@ _loo_value_and_grad_jit = jax.jit(
 
 def _predictions(weights, targets, x, reg, form):
   dtype = x.dtype
-  if dtype == jnp.float32 and form != "primal" and jax.config.jax_enable_x64:
+  if dtype == jnp.float32 and jax.config.jax_enable_x64:  # float32 in, computed in float64
     up = lambda a: jnp.asarray(a, jnp.float64)
     return cf.loo_predictions_impl(up(weights), up(targets), up(x), up(reg),
                                    form).astype(dtype)
@@ -161,7 +161,8 @@ def loo_predictions(weights: jax.Array, targets: jax.Array, *,
     reg: ridge strength > 0 (absolute, not scaled by the kernel's trace).
 
   Returns:
-    [n, c] leave-one-out predictions, in the dtype of features / kernel.
+    [n, c] leave-one-out predictions, in the dtype of features / kernel (float32 inputs are
+    computed in float64 where it is available: eagerly, or under x64).
 
   Raises:
     ValueError: on bad shapes or values (see `diva_jax._checks`), or when the factorisation

@@ -247,3 +247,15 @@ def test_host_and_xla_backends_agree_eagerly_and_under_jit(form):
     np.testing.assert_allclose(other.value, host.value, rtol=1e-10)
     np.testing.assert_allclose(other.derivative, host.derivative, rtol=1e-8,
                                atol=1e-12 * np.abs(host.derivative).max())
+
+
+def test_loo_predictions_float32_square_problem_at_tiny_reg():
+  z, y, _ = _problem(40, 40, seed=9)
+  w = np.ones(40)
+  reg = 1e-6 * float(np.mean(np.sum(z * z, 1)))
+  z32 = z.astype(np.float32)
+  p32 = diva_jax.loo_predictions(w.astype(np.float32), y.astype(np.float32), features=z32,
+                                 reg=reg)
+  p64 = diva_jax.loo_predictions(w, y, features=z32.astype(np.float64), reg=reg)
+  assert p32.dtype == jnp.float32
+  np.testing.assert_allclose(p32, p64, rtol=1e-4, atol=1e-5 * np.abs(p64).max())

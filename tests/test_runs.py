@@ -45,6 +45,7 @@ def _read_csv(path):
     return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_outlier_rejection_runlocal(shared_dirs, tmp_path):
   cfg = _local(configs.outlier_rejection, shared_dirs, cv_logistic=False,
                sensitivity_losses=("mse",), sensitivity_reg_multipliers=(1.0, 10.0))
@@ -73,6 +74,7 @@ def test_outlier_rejection_runlocal(shared_dirs, tmp_path):
   assert again["test_error_after"] == m["test_error_after"]
 
 
+@pytest.mark.slow
 def test_dataset_extension_runlocal(shared_dirs, tmp_path):
   cfg = _local(configs.dataset_extension, shared_dirs, budgets=(20, 40, 80), k=20,
                uniform_repeats=1)
@@ -88,6 +90,7 @@ def test_dataset_extension_runlocal(shared_dirs, tmp_path):
   assert sum(r["selected"] == "1" for r in rows) == m["num_selected"] == 80
 
 
+@pytest.mark.slow
 def test_multimodal_aggregation_runlocal(shared_dirs, tmp_path):
   cfg = _local(configs.multimodal_aggregation, shared_dirs, max_per_modality=150,
                glyphs_per_class=10, budget=60)
