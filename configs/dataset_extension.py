@@ -14,7 +14,7 @@ Variants (comma-separated, they combine): `:runlocal`, `:digits`, `:pixels`, `:j
 
 import ml_collections
 
-from configs import apply_variants
+from diva_jax.runs.variants import apply_variants
 
 
 def get_config(arg=None):

@@ -6,9 +6,14 @@ whole pool.
       --workdir=/tmp/diva/extension_local
 """
 
-import configs
+import os
+
 from diva_jax.runs import cli
 from diva_jax.runs import dataset_extension
 
+# The default config, found from any working directory (not relative to the cwd).
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "configs", "dataset_extension.py")
+
 if __name__ == "__main__":
-  cli.define_and_run(configs.path("dataset_extension.py"), dataset_extension.run)
+  cli.define_and_run(DEFAULT_CONFIG, dataset_extension.run)

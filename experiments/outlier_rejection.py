@@ -7,9 +7,14 @@ r"""Outlier / mislabel rejection with the dataset derivative (and reweighting).
 See configs/outlier_rejection.py for the options and expected numbers.
 """
 
-import configs
+import os
+
 from diva_jax.runs import cli
 from diva_jax.runs import outlier_rejection
 
+# The default config, found from any working directory (not relative to the cwd).
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "configs", "outlier_rejection.py")
+
 if __name__ == "__main__":
-  cli.define_and_run(configs.path("outlier_rejection.py"), outlier_rejection.run)
+  cli.define_and_run(DEFAULT_CONFIG, outlier_rejection.run)

@@ -13,8 +13,12 @@ DIGITS = "--config=" + os.path.join(REPO, "configs", "{}.py") + ":digits,pixels"
 
 
 def _run(args, cwd, timeout=120):
+  # The repository on the path (the binaries and configs are not installed packages), the
+  # working directory elsewhere.
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [REPO] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
   return subprocess.run([sys.executable] + args, cwd=cwd, capture_output=True, text=True,
-                        timeout=timeout)
+                        timeout=timeout, env=env)
 
 
 def _assert_one_line_error(proc, match):
@@ -60,14 +64,11 @@ def test_other_errors_keep_their_traceback(tmp_path):
   its traceback instead of becoming a usage message."""
   script = tmp_path / "bin.py"
   script.write_text(textwrap.dedent(f"""
-      import sys
-      sys.path.insert(0, {REPO!r})
       import numpy as np
-      import configs
       from diva_jax.runs import cli
       def run(config, workdir, overwrite=False):
         np.concatenate([np.zeros((2, 3)), np.zeros((2, 4))])
-      cli.define_and_run(configs.path("outlier_rejection.py"), run)
+      cli.define_and_run({os.path.join(REPO, "configs", "outlier_rejection.py")!r}, run)
       """))
   proc = _run([str(script), f"--workdir={tmp_path / 'wd'}"], cwd=tmp_path)
   assert proc.returncode == 1
