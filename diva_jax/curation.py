@@ -17,15 +17,27 @@ All take the same `features=` / `kernel=` / `reg` / `loss` arguments as `diva_ja
 
 from __future__ import annotations
 
-import numbers
 from typing import Callable, NamedTuple, Optional
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from diva_jax import loo as _loo
+from diva_jax._curation_checks import check_array as _check_array
+from diva_jax._curation_checks import check_data as _check_data
+from diva_jax._curation_checks import check_groups as _check_groups
+from diva_jax._curation_checks import check_int as _check_int
+from diva_jax._curation_checks import check_loss as _check_loss
+from diva_jax._curation_checks import check_mask as _check_mask
+from diva_jax._curation_checks import check_real as _check_real
+from diva_jax._curation_checks import check_reg as _check_reg
+from diva_jax._curation_checks import check_weights as _check_weights
+from diva_jax._curation_checks import float_dtype as _float_dtype
+from diva_jax.detection import DetectionMetrics  # re-exported: curation's public names
+from diva_jax.detection import auroc
+from diva_jax.detection import detect_detrimental
+from diva_jax.detection import detection_metrics
 
 __all__ = [
     "DetectionMetrics",
@@ -41,215 +53,6 @@ __all__ = [
     "tune_augmentations",
     "normalized_sgd",
 ]
-
-
-# ----------------------------------------------------------------------------------------
-# Boundary validation: every public function checks its own arguments, by name, before
-# computing anything (the core's messages speak of "weights", which most of these lack).
-# ----------------------------------------------------------------------------------------
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-  """`value` must be an integral number (int, np.int64, ...; not bool) >= minimum."""
-  if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r} "
-                     f"({type(value).__name__}).")
-  if value < minimum:
-    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-  return int(value)
-
-
-def _check_real(name: str, value, *, positive: bool = False) -> float:
-  """`value` must be a finite real scalar (not bool or str); > 0 when `positive`."""
-  if isinstance(value, jax.core.Tracer):  # under a user's trace: values unknown
-    return value
-  if not isinstance(value, (str, bytes)) and np.ndim(value) != 0:
-    raise ValueError(f"{name} must be a real scalar, got an array of shape "
-                     f"{np.shape(value)}.")
-  kind = np.asarray(value).dtype.kind if not isinstance(value, (str, bytes)) else "U"
-  if isinstance(value, (bool, np.bool_)) or kind not in "iuf":
-    raise ValueError(f"{name} must be a real number, got {value!r} ({type(value).__name__}).")
-  v = float(np.asarray(value))
-  if not np.isfinite(v) or (positive and v <= 0):
-    raise ValueError(f"{name} must be a finite number{' > 0' if positive else ''}, got {v}.")
-  return v
-
-
-def _check_reg(reg) -> None:
-  """Concrete reg: a finite real scalar > 0 (not bool or str). Traced reg: left to the core."""
-  _check_real("reg", reg, positive=True)
-
-
-def _check_loss(loss, temperature) -> None:
-  if not isinstance(loss, str) or loss not in _loo.LOSSES:
-    raise ValueError(f"loss must be one of {_loo.LOSSES}, got {loss!r}.")
-  _check_real("temperature", temperature, positive=True)
-
-
-def _check_array(name: str, x, shape_doc: str, ndim: int, *, finite: bool = True,
-                 kinds: str = "iuf") -> np.ndarray:
-  """A numeric array of `ndim` dims (dtype kind in `kinds`), finite when `finite`."""
-  arr = np.asarray(x)
-  if arr.ndim != ndim:
-    raise ValueError(f"{name} must have shape {shape_doc}, got shape {arr.shape}.")
-  if arr.dtype.kind not in kinds:
-    what = "a floating-point" if kinds == "f" else "a numeric"
-    raise ValueError(f"{name} must be {what} array, got dtype {arr.dtype}.")
-  if finite and arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-    bad = np.flatnonzero(~np.isfinite(arr.ravel()))
-    raise ValueError(f"{name} must be finite, but {bad.size} of its {arr.size} entries are "
-                     f"NaN or Inf (first at flat index {int(bad[0])}).")
-  return arr
-
-
-def _check_mask(name: str, mask, n: int) -> np.ndarray:
-  """[n] bool, or numbers that are all 0 or 1  ->  [n] bool."""
-  arr = np.asarray(mask)
-  if arr.shape != (n,):
-    raise ValueError(f"{name} must have shape [n] = ({n},), got shape {arr.shape}.")
-  if arr.dtype.kind == "b":
-    return arr
-  if arr.dtype.kind not in "iuf":
-    raise ValueError(f"{name} must be a bool array (or 0/1 values), got dtype {arr.dtype}.")
-  bad = np.flatnonzero((arr != 0) & (arr != 1))
-  if bad.size:
-    i = int(bad[0])
-    raise ValueError(f"{name} must be a bool array (or 0/1 values), got dtype {arr.dtype} "
-                     f"with {name}[{i}] = {arr[i]}.")
-  return arr.astype(bool)
-
-
-def _check_data(targets, features, kernel) -> int:
-  """targets [n, c] with exactly one of features [n, d] / kernel [n, n]; returns n.
-
-  Only shapes and kinds (the core checks values): its messages compare with `weights`,
-  an argument `extend` / `reweight_groups` / `tune_augmentations` do not have.
-  """
-  if (features is None) == (kernel is None):
-    got = "both" if features is not None else "neither"
-    raise ValueError("Pass exactly one of features= ([n, d], primal form) or kernel= "
-                     f"([n, n], dual form); got {got}.")
-  ts = np.shape(targets)
-  if len(ts) != 2:
-    hint = " (for a single output use targets[:, None])" if len(ts) == 1 else ""
-    raise ValueError(f"targets must have shape [n, c], got shape {ts}{hint}.")
-  n = ts[0]
-  if features is not None:
-    fs = np.shape(features)
-    if len(fs) != 2 or fs[0] != n:
-      raise ValueError(f"features must have shape [n, d] with n = {n} (the rows of targets), "
-                       f"got shape {fs}.")
-  else:
-    ks = np.shape(kernel)
-    if ks != (n, n):
-      raise ValueError(f"kernel must have shape [n, n] = ({n}, {n}) (n = the rows of "
-                       f"targets), got shape {ks}.")
-  return n
-
-
-def _float_dtype(features, kernel, targets) -> np.dtype:
-  """The dtype the core computes in: that of features / kernel (else targets) when floating."""
-  for a in (features if features is not None else kernel, targets):
-    if a is not None and jnp.issubdtype(jnp.result_type(a), jnp.floating):
-      return np.dtype(jnp.result_type(a))
-  return np.dtype(jnp.result_type(float))
-
-
-def _check_weights(name: str, weights, n: int, dtype) -> np.ndarray:
-  """[n] finite weights >= 0 (bool / int / float), cast to the float `dtype`."""
-  w = _check_array(name, weights, f"[n] = ({n},)", 1, kinds="biuf")
-  if w.shape != (n,):
-    raise ValueError(f"{name} must have shape [n] = ({n},) (n = the rows of targets), got "
-                     f"shape {w.shape}.")
-  w = w.astype(dtype)
-  if np.any(w < 0):
-    i = int(np.argmin(w))
-    raise ValueError(f"{name} must be >= 0, got {name}[{i}] = {w[i]}.")
-  return w
-
-
-def _check_groups(groups, num_groups, n: Optional[int], name_n: str = "n"):
-  """groups: [n] ints in [0, num_groups) (num_groups default max + 1). (groups, g)."""
-  groups = np.asarray(groups)
-  if n is not None and groups.shape != (n,):
-    raise ValueError(f"groups must have shape [{name_n}] = ({n},), got shape {groups.shape}.")
-  if groups.ndim != 1:
-    raise ValueError(f"groups must have shape [n], got shape {groups.shape}.")
-  if groups.dtype.kind not in "iu":
-    raise ValueError(f"groups must be an integer array, got dtype {groups.dtype}.")
-  if num_groups is not None:
-    num_groups = _check_int("num_groups", num_groups, 1)
-  if groups.size:
-    lo, hi = int(groups.min()), int(groups.max())
-    limit = num_groups if num_groups is not None else hi + 1
-    if lo < 0 or hi >= limit:
-      bound = f"num_groups = {num_groups}" if num_groups is not None else "num_groups"
-      raise ValueError(f"groups must be integers in [0, {bound}), got values in "
-                       f"[{lo}, {hi}].")
-    g = limit
-  else:
-    if num_groups is None:
-      raise ValueError("groups is empty: pass num_groups.")
-    g = num_groups
-  return groups, g
-
-
-# ----------------------------------------------------------------------------------------
-# Detection.
-# ----------------------------------------------------------------------------------------
-
-
-def detect_detrimental(derivative, eps: float = 0.0) -> np.ndarray:
-  """Samples that hurt: derivative > eps (at weight 1).  [n] bool."""
-  d = _check_array("derivative", derivative, "[n]", 1)
-  return d > _check_real("eps", eps)
-
-
-def auroc(scores, labels) -> float:
-  """Area under the ROC curve of `scores` for the positives `labels` (ties count half).
-
-  Equal to the Mann-Whitney U statistic / (n_pos n_neg); no scikit-learn needed.
-  """
-  scores = _check_array("scores", scores, "[n]", 1).astype(np.float64)
-  labels = _check_mask("labels", labels, scores.shape[0])
-  n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-  if n_pos == 0 or n_neg == 0:
-    raise ValueError(f"AUROC needs positives and negatives: labels must hold both True and "
-                     f"False, got {n_pos} positives and {n_neg} negatives.")
-  order = np.argsort(scores, kind="mergesort")
-  ranks = np.empty(len(scores))
-  sorted_scores = scores[order]
-  # Average ranks over ties.
-  _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-  avg = first + (counts - 1) / 2.0 + 1.0
-  ranks[order] = np.repeat(avg, counts)
-  return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-class DetectionMetrics(NamedTuple):
-  f1: float
-  precision: float
-  recall: float
-  auroc: float
-  num_flagged: int
-
-
-def detection_metrics(scores, noisy_mask, eps: float = 0.0) -> DetectionMetrics:
-  """F1 / precision / recall of `scores > eps`, and AUROC of `scores`, vs the noise mask."""
-  scores = _check_array("scores", scores, "[n]", 1)
-  if np.shape(noisy_mask) != scores.shape:
-    raise ValueError(f"scores shape {scores.shape} and noisy_mask shape "
-                     f"{np.shape(noisy_mask)} differ.")
-  noisy = _check_mask("noisy_mask", noisy_mask, scores.shape[0])
-  flagged = scores > _check_real("eps", eps)
-  roc = auroc(scores, noisy)
-  tp = int(np.sum(flagged & noisy))
-  precision = tp / max(int(flagged.sum()), 1)
-  recall = tp / max(int(noisy.sum()), 1)
-  f1 = 0.0 if tp == 0 else 2 * precision * recall / (precision + recall)
-  return DetectionMetrics(f1, precision, recall, roc, int(flagged.sum()))
-
-
 # ----------------------------------------------------------------------------------------
 # Reweighting.
 # ----------------------------------------------------------------------------------------

@@ -269,7 +269,7 @@ def streamed_loo_loss_and_derivative(
       raise ValueError(f"features must be a BlockSource or an [n, d] array, got shape "
                        f"{np.shape(source)}.")
     source = ArraySource(source)
-  n, d = int(source.num_rows), int(source.num_features)
+  n = int(source.num_rows)
   if loss not in cf.LOSSES:
     raise ValueError(f"loss must be one of {cf.LOSSES}, got {loss!r}.")
   # Shape/value checks on everything except the (streamed) features.

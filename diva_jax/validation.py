@@ -8,6 +8,8 @@ reg is ill-conditioned) and come back in float32.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 

@@ -1,6 +1,7 @@
-"""What every experiment run shares: the workdir (config check, resumable stages, atomic
-outputs), the data and feature pipeline, ridge test errors, progress bars and process-0-only
-writing for multi-host runs.
+"""What every experiment run shares: the data and feature pipeline, reg choice, ridge test
+errors and progress bars; it re-exports the workdir (`diva_jax.runs.workdir`: config check,
+resumable stages, atomic outputs, process-0-only writing) and the config checks
+(`diva_jax.runs.config_checks`), so a run imports one module.
 
 Resumability: each expensive step is a *stage* whose result is saved atomically under
 `<workdir>/stages/<name>.npz` (arrays) or `.json` (metrics). A rerun with the same workdir
@@ -15,21 +16,13 @@ of the run stored there before) only at its first write.
 
 from __future__ import annotations
 
-import json
-import math
-import numbers
 import os
-import shutil
 import sys
 import time
-from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
-from absl import logging
-import jax
-import ml_collections
 import numpy as np
 
-from diva_jax import io_utils
 from diva_jax.runs.errors import ConfigError
 
 __all__ = [
@@ -53,314 +46,20 @@ __all__ = [
 ]
 
 
-def is_main_process() -> bool:
-  return jax.process_index() == 0
+# Re-exported: the runs reach every shared helper through `common`.
+from diva_jax.runs.config_checks import ConfigMismatchError  # noqa: E402,F401
+from diva_jax.runs.config_checks import check_choice  # noqa: E402,F401
+from diva_jax.runs.config_checks import check_common  # noqa: E402,F401
+from diva_jax.runs.config_checks import check_dataset  # noqa: E402,F401
+from diva_jax.runs.config_checks import check_float  # noqa: E402,F401
+from diva_jax.runs.config_checks import check_int  # noqa: E402,F401
+from diva_jax.runs.config_checks import check_ints  # noqa: E402,F401
+from diva_jax.runs.workdir import Workdir  # noqa: E402,F401
+from diva_jax.runs.workdir import _jsonable  # noqa: E402,F401
+from diva_jax.runs.workdir import is_main_process  # noqa: E402,F401
+from diva_jax.runs.workdir import remove_outputs  # noqa: E402,F401
+from diva_jax.runs.workdir import to_json  # noqa: E402,F401
 
-
-class ConfigMismatchError(ConfigError):
-  """The workdir holds results of a different config."""
-
-
-# ----------------------------------------------------------------------------------------
-# Config validation: everything is checked before anything is written.
-# ----------------------------------------------------------------------------------------
-
-
-def _as_int(value) -> Optional[int]:
-  if isinstance(value, (bool, np.bool_)):
-    return None
-  if isinstance(value, numbers.Integral):
-    return int(value)
-  if isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
-    return int(value)
-  return None
-
-
-def check_int(config, name: str, minimum: Optional[int] = None) -> int:
-  """config[name] as an int (integer-valued, >= minimum), else ConfigError naming the field."""
-  value = config[name]
-  out = _as_int(value)
-  if out is None or (minimum is not None and out < minimum):
-    bound = f" >= {minimum}" if minimum is not None else ""
-    raise ConfigError(f"{name} must be an integer{bound}, got {value!r}.")
-  return out
-
-
-def check_ints(config, name: str, minimum: Optional[int] = None, *,
-               nonempty: bool = False) -> list[int]:
-  """config[name], a sequence of integers >= minimum."""
-  values = config[name]
-  if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
-    raise ConfigError(f"{name} must be a tuple of integers, got {values!r}.")
-  out = [_as_int(v) for v in values]
-  if (nonempty and not out) or any(v is None or (minimum is not None and v < minimum)
-                                   for v in out):
-    bound = f" >= {minimum}" if minimum is not None else ""
-    raise ConfigError(f"{name} must be a{' non-empty' if nonempty else ''} tuple of "
-                      f"integers{bound}, got {tuple(values)!r}.")
-  return out
-
-
-def check_float(config, name: str, *, low: Optional[float] = None, low_open: bool = False,
-                high: Optional[float] = None, high_open: bool = False,
-                value=None) -> float:
-  """config[name] as a finite float in the given interval, else ConfigError naming it."""
-  value = config[name] if value is None else value
-  ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-  v = float(value) if ok else math.nan
-  ok = ok and math.isfinite(v)
-  if ok and low is not None:
-    ok = v > low if low_open else v >= low
-  if ok and high is not None:
-    ok = v < high if high_open else v <= high
-  if not ok:
-    lo = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
-    hi = "" if high is None else f"{high:g}" + (")" if high_open else "]")
-    where = (f" in {lo}, {hi}" if lo and hi else f" {'>' if low_open else '>='} {low:g}" if lo
-             else f" {'<' if high_open else '<='} {high:g}" if hi else "")
-    raise ConfigError(f"{name} must be a finite number{where}, got {value!r}.")
-  return v
-
-
-def check_choice(config, name: str, choices: Iterable[str], value=None) -> str:
-  value = config[name] if value is None else value
-  choices = tuple(choices)
-  if value not in choices:
-    raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}.")
-  return value
-
-
-def check_dataset(name) -> None:
-  """A dataset name `diva_jax.data.load` knows (this package's, or the TFDS catalog's)."""
-  from diva_jax import data
-  from diva_jax.data import loading
-  if not isinstance(name, str) or not name:
-    raise ConfigError(f"dataset must be a dataset name, got {name!r}.")
-  base = name.split(":")[0].split("/")[0]
-  if base in data.known_datasets() or base in loading._catalog():  # pylint: disable=protected-access
-    return
-  raise ConfigError(f"unknown dataset {name!r}: this package provides "
-                    f"{list(data.known_datasets())}; any other name must be in the TFDS catalog "
-                    "(e.g. 'mnist', 'cifar10').")
-
-
-def check_common(config) -> None:
-  """The fields the binaries share (those present in `config`)."""
-  import diva_jax
-  has = lambda k: k in config
-  if has("dataset") and not (has("core_npz") and config.core_npz):
-    check_dataset(config.dataset)
-  for name, minimum in (("max_train", 0), ("max_test", 0), ("image_size", 8),
-                        ("batch_size", 1), ("seed", 0), ("jacobian_width", 1)):
-    if has(name):
-      check_int(config, name, minimum)
-  if has("backbone"):
-    check_choice(config, "backbone", ("efficientnet_lite0", "pixels"))
-  if has("linearize"):
-    check_choice(config, "linearize", ("last_layer", "last_layer+jacobian"))
-    if config.linearize == "last_layer+jacobian" and config.backbone == "pixels":
-      raise ConfigError("linearize='last_layer+jacobian' needs a network backbone, not "
-                        "'pixels'.")
-  if has("loss"):
-    check_choice(config, "loss", diva_jax.LOSSES)
-  if has("temperature"):
-    check_float(config, "temperature", low=0.0, low_open=True)
-  if has("reg"):
-    if isinstance(config.reg, str):
-      raise ConfigError(f"reg must be a number: > 0 for a given reg, 0.0 to choose it by "
-                        f"exact LOO; got {config.reg!r}.")
-    check_float(config, "reg", low=0.0)
-  for name in ("detection_reg_multiplier", "derivative_reg_multiplier"):
-    if has(name):
-      check_float(config, name, low=0.0, low_open=True)
-  for name in ("data_dir", "cache_dir"):
-    if has(name) and not isinstance(config[name], str):
-      raise ConfigError(f"{name} must be a string path ('' = default), got {config[name]!r}.")
-
-
-def _jsonable(config) -> dict:
-  d = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
-  return json.loads(json.dumps(d, sort_keys=True, default=str))
-
-
-def _diff(a: Mapping, b: Mapping, prefix="") -> list[str]:
-  out = []
-  for k in sorted(set(a) | set(b)):
-    va, vb = a.get(k, "<missing>"), b.get(k, "<missing>")
-    if isinstance(va, dict) and isinstance(vb, dict):
-      out += _diff(va, vb, f"{prefix}{k}.")
-    elif va != vb:
-      out.append(f"{prefix}{k}: stored {va!r}, new {vb!r}")
-  return out
-
-
-# Outputs of a run, deleted by `overwrite` (the feature cache is validated by its key, so it
-# stays): stages/, config.json and every top-level .json, .csv and .png.
-_OUTPUT_SUFFIXES = (".json", ".csv", ".png")
-
-
-class Workdir:
-  """A run's directory: config.json, resumable stages and atomically written outputs.
-
-  The constructor checks the stored config (ConfigMismatchError) but writes nothing; the
-  first write (a stage, an output, or `commit()` before a feature cache is filled) creates
-  the directory, deletes the old run's outputs if `overwrite` discards a different config,
-  and writes config.json. Only process 0 writes (multi-host runs compute everywhere, write
-  once).
-  """
-
-  def __init__(self, path: str | os.PathLike, config, *, overwrite: bool = False):
-    self.path = os.fspath(path) if path is not None else ""
-    if not self.path:
-      raise ConfigError("--workdir must name a directory, got an empty path.")
-    if os.path.exists(self.path) and not os.path.isdir(self.path):
-      raise ConfigError(f"workdir {self.path} exists and is not a directory.")
-    parent = os.path.dirname(os.path.abspath(self.path))
-    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
-      parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-      raise ConfigError(f"cannot create workdir {self.path}: {parent} is not a directory.")
-    self.config = _jsonable(config)
-    self.write = is_main_process()
-    self._committed = False
-    self._discard = False
-    cfg_path = os.path.join(self.path, "config.json")
-    if os.path.exists(cfg_path):
-      try:
-        with open(cfg_path) as f:
-          stored = json.load(f)
-      except (OSError, ValueError):
-        stored = None  # unreadable: treated as a different config
-      if stored != self.config:
-        if not overwrite:
-          diff = _diff(stored or {}, self.config) if stored is not None else ["unreadable"]
-          raise ConfigMismatchError(
-              f"workdir {self.path} holds a run with a different config ("
-              + "; ".join(diff[:6]) + (" ..." if len(diff) > 6 else "") + "). Use another "
-              "--workdir, or pass --overwrite to discard the results stored there.")
-        self._discard = True
-
-  def commit(self) -> None:
-    """Creates the workdir (deleting a discarded run's outputs) and writes config.json."""
-    if self._committed:
-      return
-    self._committed = True
-    if not self.write:
-      return
-    try:
-      os.makedirs(self.path, exist_ok=True)
-    except OSError as e:
-      raise ConfigError(f"cannot create workdir {self.path}: {e.strerror or e}.") from e
-    if self._discard:
-      logging.info("--overwrite: deleting the outputs of the other run in %s", self.path)
-      remove_outputs(self.path)
-    io_utils.atomic_write_json(os.path.join(self.path, "config.json"), self.config)
-
-  def file(self, name: str) -> str:
-    return os.path.join(self.path, name)
-
-  def _stage_path(self, name, ext):
-    return os.path.join(self.path, "stages", f"{name}.{ext}")
-
-  def stage_arrays(self, name: str, compute: Callable[[], Mapping[str, Any]]) -> dict:
-    """Arrays from `<workdir>/stages/<name>.npz` if complete, else computed and saved."""
-    self.commit()
-    path = self._stage_path(name, "npz")
-    if os.path.exists(path):
-      try:
-        with np.load(path, allow_pickle=False) as f:
-          out = {k: f[k] for k in f.files}
-        logging.info("stage %s: loaded from %s", name, path)
-        return out
-      except (OSError, ValueError, EOFError):
-        pass  # corrupt: recompute (atomic writes make this rare)
-    start = time.perf_counter()
-    out = {k: np.asarray(v) for k, v in compute().items()}
-    if self.write:
-      io_utils.atomic_save_npz(path, out)
-    logging.info("stage %s: computed in %.2fs", name, time.perf_counter() - start)
-    return out
-
-  def stage_json(self, name: str, compute: Callable[[], Any]) -> Any:
-    """A JSON-able result from `<workdir>/stages/<name>.json` if complete, else computed."""
-    self.commit()
-    path = self._stage_path(name, "json")
-    if os.path.exists(path):
-      try:
-        with open(path) as f:
-          out = json.load(f)
-        logging.info("stage %s: loaded from %s", name, path)
-        return out
-      except (OSError, ValueError):
-        pass
-    start = time.perf_counter()
-    out = to_json(compute())
-    if self.write:
-      io_utils.atomic_write_json(path, out)
-    logging.info("stage %s: computed in %.2fs", name, time.perf_counter() - start)
-    return out
-
-  def write_json(self, name: str, obj) -> None:
-    self.commit()
-    if self.write:
-      io_utils.atomic_write_json(self.file(name), to_json(obj))
-
-  def write_csv(self, name: str, columns: Mapping[str, np.ndarray]) -> None:
-    """Columns of equal length as a CSV with a header row."""
-    self.commit()
-    if not self.write:
-      return
-    keys = list(columns)
-    cols = [np.asarray(columns[k]) for k in keys]
-    lines = [",".join(keys)]
-    for row in zip(*cols):
-      lines.append(",".join(_csv_cell(v) for v in row))
-    io_utils.atomic_write_text(self.file(name), "\n".join(lines) + "\n")
-
-  def savefig(self, name: str, fig) -> None:
-    self.commit()
-    if self.write:
-      import io
-      buf = io.BytesIO()
-      fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-      io_utils.atomic_write_bytes(self.file(name), buf.getvalue())
-    import matplotlib.pyplot as plt
-    plt.close(fig)
-
-
-def remove_outputs(path: str) -> None:
-  """Deletes a run's outputs in `path`: stages/ and every top-level .json/.csv/.png file
-  (config.json, metrics.json, per_sample.csv, plots, leftover temporary files of those)."""
-  shutil.rmtree(os.path.join(path, "stages"), ignore_errors=True)
-  for entry in os.scandir(path):
-    name = entry.name[:-4] if entry.name.endswith(".tmp") else entry.name
-    if entry.is_file(follow_symlinks=False) and name.endswith(_OUTPUT_SUFFIXES):
-      try:
-        os.remove(entry.path)
-      except FileNotFoundError:
-        pass
-
-
-def to_json(obj) -> Any:
-  """`obj` as plain JSON values (NumPy scalars and arrays converted; NaN/inf -> None)."""
-  return io_utils.finite_json(json.loads(json.dumps(obj, default=_to_builtin)))
-
-
-def _csv_cell(v) -> str:
-  if isinstance(v, (bool, np.bool_)):
-    return "1" if v else "0"
-  if isinstance(v, (float, np.floating)):
-    return f"{float(v):.9g}"
-  s = str(v)
-  return f'"{s}"' if ("," in s or '"' in s) else s
-
-
-def _to_builtin(o):
-  if isinstance(o, np.generic):
-    return o.item()
-  if isinstance(o, (np.ndarray, jax.Array)):
-    return np.asarray(o).tolist()
-  raise TypeError(f"not JSON-serialisable: {type(o)}")
 
 
 class progress_bar:

@@ -1,0 +1,215 @@
+"""The run directory: config check, resumable stages, atomic outputs, stale-output removal.
+
+Each expensive step is a *stage* saved atomically under `<workdir>/stages/<name>.npz` or
+`.json`; a rerun with the same config loads finished stages. `Workdir` writes `config.json`
+(and, with `overwrite`, deletes the outputs of the run stored there before) only at its
+first write, so a config that fails validation leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from typing import Any, Callable, Mapping
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from diva_jax import io_utils
+from diva_jax.runs.errors import ConfigError
+
+
+from diva_jax.runs.config_checks import ConfigMismatchError
+
+
+def is_main_process() -> bool:
+  return jax.process_index() == 0
+
+
+def _jsonable(config) -> dict:
+  d = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+  return json.loads(json.dumps(d, sort_keys=True, default=str))
+
+
+def _diff(a: Mapping, b: Mapping, prefix="") -> list[str]:
+  out = []
+  for k in sorted(set(a) | set(b)):
+    va, vb = a.get(k, "<missing>"), b.get(k, "<missing>")
+    if isinstance(va, dict) and isinstance(vb, dict):
+      out += _diff(va, vb, f"{prefix}{k}.")
+    elif va != vb:
+      out.append(f"{prefix}{k}: stored {va!r}, new {vb!r}")
+  return out
+
+
+# Outputs of a run, deleted by `overwrite` (the feature cache is validated by its key, so it
+# stays): stages/, config.json and every top-level .json, .csv and .png.
+_OUTPUT_SUFFIXES = (".json", ".csv", ".png")
+
+
+class Workdir:
+  """A run's directory: config.json, resumable stages and atomically written outputs.
+
+  The constructor checks the stored config (ConfigMismatchError) but writes nothing; the
+  first write (a stage, an output, or `commit()` before a feature cache is filled) creates
+  the directory, deletes the old run's outputs if `overwrite` discards a different config,
+  and writes config.json. Only process 0 writes (multi-host runs compute everywhere, write
+  once).
+  """
+
+  def __init__(self, path: str | os.PathLike, config, *, overwrite: bool = False):
+    self.path = os.fspath(path) if path is not None else ""
+    if not self.path:
+      raise ConfigError("--workdir must name a directory, got an empty path.")
+    if os.path.exists(self.path) and not os.path.isdir(self.path):
+      raise ConfigError(f"workdir {self.path} exists and is not a directory.")
+    parent = os.path.dirname(os.path.abspath(self.path))
+    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+      parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+      raise ConfigError(f"cannot create workdir {self.path}: {parent} is not a directory.")
+    self.config = _jsonable(config)
+    self.write = is_main_process()
+    self._committed = False
+    self._discard = False
+    cfg_path = os.path.join(self.path, "config.json")
+    if os.path.exists(cfg_path):
+      try:
+        with open(cfg_path) as f:
+          stored = json.load(f)
+      except (OSError, ValueError):
+        stored = None  # unreadable: treated as a different config
+      if stored != self.config:
+        if not overwrite:
+          diff = _diff(stored or {}, self.config) if stored is not None else ["unreadable"]
+          raise ConfigMismatchError(
+              f"workdir {self.path} holds a run with a different config ("
+              + "; ".join(diff[:6]) + (" ..." if len(diff) > 6 else "") + "). Use another "
+              "--workdir, or pass --overwrite to discard the results stored there.")
+        self._discard = True
+
+  def commit(self) -> None:
+    """Creates the workdir (deleting a discarded run's outputs) and writes config.json."""
+    if self._committed:
+      return
+    self._committed = True
+    if not self.write:
+      return
+    try:
+      os.makedirs(self.path, exist_ok=True)
+    except OSError as e:
+      raise ConfigError(f"cannot create workdir {self.path}: {e.strerror or e}.") from e
+    if self._discard:
+      logging.info("--overwrite: deleting the outputs of the other run in %s", self.path)
+      remove_outputs(self.path)
+    io_utils.atomic_write_json(os.path.join(self.path, "config.json"), self.config)
+
+  def file(self, name: str) -> str:
+    return os.path.join(self.path, name)
+
+  def _stage_path(self, name, ext):
+    return os.path.join(self.path, "stages", f"{name}.{ext}")
+
+  def stage_arrays(self, name: str, compute: Callable[[], Mapping[str, Any]]) -> dict:
+    """Arrays from `<workdir>/stages/<name>.npz` if complete, else computed and saved."""
+    self.commit()
+    path = self._stage_path(name, "npz")
+    if os.path.exists(path):
+      try:
+        with np.load(path, allow_pickle=False) as f:
+          out = {k: f[k] for k in f.files}
+        logging.info("stage %s: loaded from %s", name, path)
+        return out
+      except (OSError, ValueError, EOFError):
+        pass  # corrupt: recompute (atomic writes make this rare)
+    start = time.perf_counter()
+    out = {k: np.asarray(v) for k, v in compute().items()}
+    if self.write:
+      io_utils.atomic_save_npz(path, out)
+    logging.info("stage %s: computed in %.2fs", name, time.perf_counter() - start)
+    return out
+
+  def stage_json(self, name: str, compute: Callable[[], Any]) -> Any:
+    """A JSON-able result from `<workdir>/stages/<name>.json` if complete, else computed."""
+    self.commit()
+    path = self._stage_path(name, "json")
+    if os.path.exists(path):
+      try:
+        with open(path) as f:
+          out = json.load(f)
+        logging.info("stage %s: loaded from %s", name, path)
+        return out
+      except (OSError, ValueError):
+        pass
+    start = time.perf_counter()
+    out = to_json(compute())
+    if self.write:
+      io_utils.atomic_write_json(path, out)
+    logging.info("stage %s: computed in %.2fs", name, time.perf_counter() - start)
+    return out
+
+  def write_json(self, name: str, obj) -> None:
+    self.commit()
+    if self.write:
+      io_utils.atomic_write_json(self.file(name), to_json(obj))
+
+  def write_csv(self, name: str, columns: Mapping[str, np.ndarray]) -> None:
+    """Columns of equal length as a CSV with a header row."""
+    self.commit()
+    if not self.write:
+      return
+    keys = list(columns)
+    cols = [np.asarray(columns[k]) for k in keys]
+    lines = [",".join(keys)]
+    for row in zip(*cols):
+      lines.append(",".join(_csv_cell(v) for v in row))
+    io_utils.atomic_write_text(self.file(name), "\n".join(lines) + "\n")
+
+  def savefig(self, name: str, fig) -> None:
+    self.commit()
+    if self.write:
+      import io
+      buf = io.BytesIO()
+      fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+      io_utils.atomic_write_bytes(self.file(name), buf.getvalue())
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+
+
+def remove_outputs(path: str) -> None:
+  """Deletes a run's outputs in `path`: stages/ and every top-level .json/.csv/.png file
+  (config.json, metrics.json, per_sample.csv, plots, leftover temporary files of those)."""
+  shutil.rmtree(os.path.join(path, "stages"), ignore_errors=True)
+  for entry in os.scandir(path):
+    name = entry.name[:-4] if entry.name.endswith(".tmp") else entry.name
+    if entry.is_file(follow_symlinks=False) and name.endswith(_OUTPUT_SUFFIXES):
+      try:
+        os.remove(entry.path)
+      except FileNotFoundError:
+        pass
+
+
+def to_json(obj) -> Any:
+  """`obj` as plain JSON values (NumPy scalars and arrays converted; NaN/inf -> None)."""
+  return io_utils.finite_json(json.loads(json.dumps(obj, default=_to_builtin)))
+
+
+def _csv_cell(v) -> str:
+  if isinstance(v, (bool, np.bool_)):
+    return "1" if v else "0"
+  if isinstance(v, (float, np.floating)):
+    return f"{float(v):.9g}"
+  s = str(v)
+  return f'"{s}"' if ("," in s or '"' in s) else s
+
+
+def _to_builtin(o):
+  if isinstance(o, np.generic):
+    return o.item()
+  if isinstance(o, (np.ndarray, jax.Array)):
+    return np.asarray(o).tolist()
+  raise TypeError(f"not JSON-serialisable: {type(o)}")
