@@ -73,6 +73,7 @@ def test_benchmark_binary_tiny(tmp_path):
   assert "primal n=50" in proc.stdout
 
 
+@pytest.mark.slow
 def test_ntk_benchmark_run_tiny(tmp_path):
   x64 = jax.config.jax_enable_x64
   rows = ntk_benchmark.run(str(tmp_path), mlp_sizes=(4,), cnn_sizes=(6,), repeats=1,

@@ -71,6 +71,7 @@ def test_converted_variables_match_state_dict(backbone, state_dict):
   assert "expand_conv" not in params["block_0"] and "expand_conv" in params["block_1"]
 
 
+@pytest.mark.slow
 def test_top5_on_sample_photos_and_features(backbone):
   photos = np.stack([_center_square(im) for im in load_sample_images().images])  # china, flower
   x = models.preprocess_images(photos, (224, 224))

@@ -218,6 +218,7 @@ def test_validation_functions_reject_nonpositive_temperature():
         fn(_A, _Y, _Y, features=_Z, val_features=_Z, reg=1.0, loss="ce", temperature=t)
 
 
+@pytest.mark.slow
 def test_result_type_and_forward_mode_limitation():
   res = diva_jax.loo_loss_and_derivative(_A, _Y, features=_Z, reg=1.0)
   assert isinstance(res, diva_jax.LooResult)

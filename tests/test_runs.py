@@ -400,6 +400,7 @@ def test_variants_combine_in_every_binary():
       module.get_config("runlocal,nope")
 
 
+@pytest.mark.slow
 def test_multimodal_pixels_real_derivatives_and_group_steps_zero(shared_dirs, tmp_path):
   """Defect 4: pixels backbone (modalities of different image sizes), per_sample.csv with
   the real derivative, group_steps = 0 handled."""
