@@ -1,0 +1,48 @@
+r"""Curate your own dataset: label issues ranked by the dataset derivative, and a report.
+
+Run on a folder of images with one subfolder per class (or a CSV of path,label rows, a .npz of
+embeddings and labels, or a TFDS name):
+
+  python -m experiments.curate --workdir=/tmp/diva/curate --config.source=/path/to/photos
+
+Variants: `:runlocal` (at most 1,000 images at 64 px), `:pixels` (raw pixels, no backbone).
+Outputs: label_issues.csv, cleaned_labels.csv, label_issues.npy, label_quality_scores.npy,
+report.html, metrics.json (see diva_jax/runs/curate.py).
+"""
+
+import ml_collections
+
+from diva_jax.runs.variants import apply_variants
+
+
+def get_config(arg=None):
+  c = ml_collections.ConfigDict()
+  c.source = ""                  # image folder | .csv (path,label[,id]) | .npz/.npy | TFDS name
+  c.labels_path = ""             # labels of a .npy of embeddings ("" = <stem>_labels.npy)
+  c.split = "train"              # TFDS split
+  c.data_dir = ""                # TFDS data_dir
+  c.cache_dir = ""               # feature cache ("" = <workdir>/cache)
+  c.max_images = 0               # 0 = all
+  c.backbone = "efficientnet_lite0"  # efficientnet_lite0 | pixels
+  c.image_size = 96
+  c.batch_size = 64
+  c.seed = 0
+  c.loss = "ce"                  # the detection setting of the outlier-rejection results
+  c.temperature = 0.3
+  c.reg = 0.0                    # ridge reg > 0, or 0.0 = the minimiser of the exact LOO error
+  c.detection_reg_multiplier = 10.0
+  c.eps = 0.0                    # flag derivative > eps
+  c.relabel = False              # cleaned_labels.csv: relabel flagged samples instead of dropping
+  c.report_grid = 2000           # most harmful samples shown in report.html
+  return apply_variants(c, arg, VARIANTS)
+
+
+def _runlocal(c):
+  c.max_images, c.image_size = 1000, 64
+
+
+def _pixels(c):
+  c.backbone = "pixels"
+
+
+VARIANTS = {"runlocal": _runlocal, "pixels": _pixels}

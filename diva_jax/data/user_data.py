@@ -1,0 +1,455 @@
+"""The user's own data: an image folder, an image CSV or precomputed embeddings.
+
+This module turns what a user has on disk into arrays, and does nothing else: no backbone,
+no curation. Bad input gives a clear ``ValueError`` or a listed ``skipped`` file /
+``warnings`` entry, never a crash or a silent drop.
+
+* ``root/<class>/<...>/<image>`` folders: :func:`load_image_folder`;
+* a ``path,label[,id]`` CSV (header optional, paths relative to the CSV's folder):
+  :func:`load_image_csv`;
+* ``.npz`` / ``.npy`` embeddings with labels: :func:`load_embeddings`.
+
+Every image is decoded fully (PIL, truncated files detected), EXIF-rotated, converted to
+RGB (alpha composited on white, 16-bit and float images rescaled to 8 bits) and resized
+(bilinear, aspect not kept) like the backbone pipeline of :mod:`diva_jax.data.loading`.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import csv
+import os
+import unicodedata
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from diva_jax.data import loading
+
+IMAGE_SUFFIXES = frozenset({
+    ".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".dib", ".gif", ".tif", ".tiff",
+    ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".avif", ".heic", ".heif"})
+_MAX_LISTED = 10
+
+
+class SkippedFile(NamedTuple):
+  """An image file that was not loaded: ``path`` as reported in ``paths``, and why."""
+  path: str
+  reason: str
+
+
+class UserImages(NamedTuple):
+  """Labelled images read from a folder or a CSV.
+
+  Attributes:
+    images: ``[n, size, size, 3]`` uint8 RGB.
+    labels: ``[n]`` int64 indices into ``class_names``.
+    class_names: sorted folder names / sorted distinct CSV labels, each with >= 1 image.
+    ids: per sample, the CSV id column if given, else the path.
+    paths: per sample, relative to the folder root (``/``-separated) or as in the CSV.
+    skipped: files not loaded, with the reason.
+    warnings: human-readable notes (empty or one-image classes...).
+  """
+  images: np.ndarray
+  labels: np.ndarray
+  class_names: list[str]
+  ids: list[str]
+  paths: list[str]
+  skipped: list[SkippedFile]
+  warnings: list[str]
+
+
+class UserEmbeddings(NamedTuple):
+  """Labelled precomputed features.
+
+  Attributes:
+    features: ``[n, d]`` float32 or float64 as stored (other numeric dtypes -> float32).
+    labels: ``[n]`` int64 indices into ``class_names``.
+    class_names: the label space.
+    ids: per sample, from the file's ``ids`` key, else ``"0"`` .. ``"n-1"``.
+    warnings: human-readable notes.
+  """
+  features: np.ndarray
+  labels: np.ndarray
+  class_names: list[str]
+  ids: list[str]
+  warnings: list[str]
+
+
+def source_kind(source: str) -> str:
+  """``'folder'`` (an existing directory), ``'csv'``, ``'npz'``, ``'npy'`` (by suffix,
+  case-insensitive), else ``'tfds'`` (a dataset name)."""
+  if os.path.isdir(source):
+    return "folder"
+  suffix = os.path.splitext(source)[1].lower()
+  return {".csv": "csv", ".npz": "npz", ".npy": "npy"}.get(suffix, "tfds")
+
+
+def _listing(items: Sequence, what: str) -> str:
+  """``"3 rows: [1, 2, 3]"``, at most ``_MAX_LISTED`` items shown."""
+  more = f" ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
+  return f"{len(items)} {what}: {list(items[:_MAX_LISTED])}{more}"
+
+
+def _one_sample_warning(name: str, noun: str) -> str:
+  return (f"class {name!r} has 1 {noun}: its leave-one-out prediction cannot see its own "
+          "class")
+
+
+def _check_unique(ids: list[str], source: str, hint: str = "") -> None:
+  dups = [i for i, c in collections.Counter(ids).items() if c > 1]
+  if dups:
+    raise ValueError(f"{source!r}: ids must be unique; {_listing(dups, 'are repeated')}{hint}")
+
+
+@contextlib.contextmanager
+def _strict_decoding():
+  """Truncated files raise while decoding, whatever ``LOAD_TRUNCATED_IMAGES`` says."""
+  from PIL import ImageFile  # pylint: disable=g-import-not-at-top
+  old = ImageFile.LOAD_TRUNCATED_IMAGES
+  ImageFile.LOAD_TRUNCATED_IMAGES = False
+  try:
+    yield
+  finally:
+    ImageFile.LOAD_TRUNCATED_IMAGES = old
+
+
+def _to_rgb(im) -> np.ndarray:
+  """Any PIL image -> ``[h, w, 3]`` uint8 RGB (alpha on white, 16-bit/float rescaled)."""
+  from PIL import Image, ImageOps  # pylint: disable=g-import-not-at-top
+  im = ImageOps.exif_transpose(im)  # also forces the full decode
+  if im.mode.startswith("I") or im.mode == "F":  # I;16*, I, F: one channel, wide range
+    a = np.asarray(im, np.float64).reshape(im.size[::-1])
+    top = a.max(initial=0.0)
+    if im.mode.startswith("I;16") or top > 255:
+      a = a / 257.0
+    elif im.mode == "F" and top <= 1.0:
+      a = a * 255.0
+    a = np.clip(np.rint(np.nan_to_num(a)), 0, 255).astype(np.uint8)
+    return np.repeat(a[..., None], 3, axis=-1)
+  if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+    rgba = im.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+  return np.asarray(im.convert("RGB"))
+
+
+def _decode(file: str, size: int) -> tuple[np.ndarray | None, str]:
+  """``([size, size, 3] uint8, "")``, or ``(None, reason)`` when it cannot be read."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(file) as im:
+      rgb = _to_rgb(im)
+    return loading._resize(np.ascontiguousarray(rgb), size), ""  # pylint: disable=protected-access
+  except (MemoryError, KeyboardInterrupt):
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    message = f"{type(e).__name__}: {e}"
+    return None, ("truncated: " if "truncated" in message.lower() else "cannot decode: ") + message
+
+
+class _Entry(NamedTuple):
+  label: str
+  path: str  # as reported
+  file: str  # to open
+  id: str
+
+
+def _assemble(entries: list[_Entry], selection: Sequence[int], all_classes: list[str], *,
+              size: int, max_images: int, skipped: list[SkippedFile],
+              warnings: list[str], source: str, noun: str) -> UserImages:
+  """Decodes ``entries`` in ``selection`` order (up to ``max_images`` readable ones)."""
+  loaded: dict[int, np.ndarray] = {}
+  tried = set()
+  with _strict_decoding():
+    for i in selection:
+      if max_images and len(loaded) >= max_images:
+        break
+      tried.add(entries[i].label)
+      image, reason = _decode(entries[i].file, size)
+      if image is None:
+        skipped.append(SkippedFile(entries[i].path, reason))
+      else:
+        loaded[i] = image
+  kept = sorted(loaded)
+  class_names = sorted({entries[i].label for i in kept})
+  warnings.extend(
+      f"{noun} {name!r} has no readable image (skipped: left out of class_names)"
+      if name in tried or not max_images else f"class {name!r} has no image among the "
+      f"first max_images={max_images} (left out of class_names)"
+      for name in all_classes if name not in class_names)
+  if not kept:
+    reasons = [f"{s.path}: {s.reason}" for s in skipped]
+    raise ValueError(f"no readable image in {source!r}" +
+                     (f"; {_listing(reasons, 'files skipped')}" if reasons else ""))
+  if len(class_names) < 2:
+    raise ValueError(f"{source!r} has {len(class_names)} class with readable images "
+                     f"({class_names}); at least 2 classes are needed")
+  index = {name: k for k, name in enumerate(class_names)}
+  labels = np.asarray([index[entries[i].label] for i in kept], np.int64)
+  counts = np.bincount(labels, minlength=len(class_names))
+  warnings.extend(_one_sample_warning(name, "image")
+                  for name, c in zip(class_names, counts) if c == 1)
+  return UserImages(
+      images=np.stack([loaded[i] for i in kept]), labels=labels, class_names=class_names,
+      ids=[entries[i].id for i in kept], paths=[entries[i].path for i in kept],
+      skipped=skipped, warnings=warnings)
+
+
+def load_image_folder(root: str, *, size: int, max_images: int = 0) -> UserImages:
+  """Reads ``root/<class>/<image>`` (class subfolders may nest further folders).
+
+  Hidden files and folders (names starting with ``.``) are ignored. Other files with a
+  suffix outside :data:`IMAGE_SUFFIXES`, files directly in ``root`` and unreadable or
+  truncated images are listed in ``skipped``. A class folder without a readable image is
+  left out of ``class_names`` (a warning says so).
+
+  Args:
+    root: the folder; class names are its subfolder names.
+    size: output images are ``[size, size, 3]``.
+    max_images: if > 0, only the first ``max_images`` readable images in sample order,
+      i.e. sorted by (class folder name, path inside it): a deterministic subset.
+
+  Returns:
+    :class:`UserImages`, samples sorted by (class folder name, relative path); ``ids`` and
+    ``paths`` are the ``/``-separated paths relative to ``root``.
+
+  Raises:
+    ValueError: ``root`` is not a folder, has no class folder, no readable image, or
+      fewer than 2 classes with readable images.
+  """
+  if not isinstance(size, (int, np.integer)) or size < 1:
+    raise ValueError(f"size must be a positive int, got {size!r}")
+  if not os.path.isdir(root):
+    raise ValueError(f"{root!r} is not a folder (expected root/<class>/<image files>)")
+  skipped: list[SkippedFile] = []
+  entries: list[_Entry] = []
+  classes = []
+  for name in sorted(os.listdir(root)):
+    if name.startswith("."):
+      continue
+    full = os.path.join(root, name)
+    if not os.path.isdir(full):
+      skipped.append(SkippedFile(name, "not inside a class folder"))
+      continue
+    classes.append(name)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(full, followlinks=True):
+      dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+      rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
+      found.extend(f"{rel_dir}/{f}" for f in filenames if not f.startswith("."))
+    for rel in sorted(found):
+      suffix = os.path.splitext(rel)[1].lower()
+      if suffix not in IMAGE_SUFFIXES:
+        skipped.append(SkippedFile(rel, f"not an image file (suffix {suffix!r})"))
+      else:
+        entries.append(_Entry(name, rel, os.path.join(root, *rel.split("/")), rel))
+  if not classes:
+    raise ValueError(f"{root!r} has no class folder (expected root/<class>/<image files>)")
+  return _assemble(entries, range(len(entries)), classes, size=size,
+                   max_images=max_images, skipped=skipped, warnings=[], source=root,
+                   noun="class folder")
+
+
+def _existing(file: str) -> str | None:
+  """``file``, or its NFC/NFD spelling (CSV vs macOS file names), if it exists."""
+  for form in (None, "NFC", "NFD"):
+    candidate = unicodedata.normalize(form, file) if form else file
+    if os.path.isfile(candidate):
+      return candidate
+  return None
+
+
+def load_image_csv(csv_path: str, *, size: int, max_images: int = 0) -> UserImages:
+  """Reads a CSV of ``path,label[,id]`` rows (UTF-8, optional header).
+
+  A first row whose first field is ``path`` is a header. Paths are relative to the CSV's
+  folder (absolute paths work too); labels and ids are strings. Blank lines are ignored.
+
+  Args:
+    csv_path: the CSV file.
+    size: output images are ``[size, size, 3]``.
+    max_images: if > 0, only the ``max_images`` readable images that come first when rows
+      are sorted by path (then row): a deterministic subset, returned in CSV order.
+
+  Returns:
+    :class:`UserImages` in CSV row order; ``class_names`` are the sorted distinct labels
+    with a readable image; ``paths`` are as written; ``ids`` the id column, else the paths.
+
+  Raises:
+    ValueError: rows with a wrong number of columns or an empty path/label, rows whose
+      file is missing (1-based line numbers and paths listed), duplicate ids, no readable
+      image, or fewer than 2 classes.
+  """
+  if not isinstance(size, (int, np.integer)) or size < 1:
+    raise ValueError(f"size must be a positive int, got {size!r}")
+  if not os.path.isfile(csv_path):
+    raise ValueError(f"CSV file {csv_path!r} does not exist")
+  base = os.path.dirname(os.path.abspath(csv_path))
+  with open(csv_path, newline="", encoding="utf-8-sig") as f:
+    reader = csv.reader(f)
+    rows = [(reader.line_num, [c.strip() for c in row]) for row in reader]
+  rows = [(line, row) for line, row in rows if any(row)]
+  width = len(rows[0][1]) if rows and len(rows[0][1]) in (2, 3) else 2
+  if rows and rows[0][1][0].lower() == "path":  # a header
+    rows = rows[1:]
+  bad = [line for line, row in rows if len(row) != width or not row[0] or not row[1]]
+  if bad:
+    raise ValueError(
+        f"{csv_path!r}: expected {width} columns (path,label{',id' if width == 3 else ''})"
+        f" with a non-empty path and label; {_listing(bad, 'rows (line numbers) do not')}")
+  entries, missing = [], []
+  for line, row in rows:
+    file = _existing(os.path.join(base, row[0]))
+    if file is None:
+      missing.append((line, row[0]))
+    entries.append(_Entry(row[1], row[0], file or "", row[2] if width == 3 else row[0]))
+  if missing:
+    raise ValueError(f"{csv_path!r}: {_listing(missing, 'rows (line, path) name a missing file')}"
+                     f" (paths are relative to {base!r})")
+  if not entries:
+    raise ValueError(f"{csv_path!r} has no data row (expected path,label[,id] rows)")
+  _check_unique([e.id for e in entries], csv_path, "" if width == 3 else " (add an id column)")
+  selection = sorted(range(len(entries)), key=lambda i: (entries[i].path, i))
+  return _assemble(entries, selection, sorted({e.label for e in entries}), size=size,
+                   max_images=max_images, skipped=[], warnings=[], source=csv_path,
+                   noun="class")
+
+
+def _read_labels_file(path: str) -> np.ndarray:
+  """A ``.npy`` array, or a text file of one label per line (ints if all parse)."""
+  if not os.path.isfile(path):
+    raise ValueError(f"labels file {path!r} does not exist")
+  if path.lower().endswith(".npy"):
+    return _np_load(path)
+  with open(path, encoding="utf-8-sig") as f:
+    lines = [line.strip() for line in f.read().rstrip().splitlines()]
+  blank = [k + 1 for k, line in enumerate(lines) if not line]
+  if blank:
+    raise ValueError(f"labels file {path!r}: {_listing(blank, 'lines are blank')}")
+  try:
+    return np.asarray([int(s) for s in lines], np.int64)
+  except ValueError:
+    return np.asarray(lines, dtype=str)
+
+
+def _np_load(path: str):
+  try:
+    return np.load(path, allow_pickle=False)
+  except ValueError as e:  # object arrays
+    raise ValueError(f"cannot read {path!r} without pickle ({e}); store numeric or "
+                     "string arrays") from e
+
+
+def _as_strings(a: np.ndarray) -> list[str]:
+  return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in a.tolist()]
+
+
+def _index_labels(labels: np.ndarray, class_names: list[str] | None,
+                  ) -> tuple[np.ndarray, list[str]]:
+  """Labels (ints or strings) -> (``[n]`` int64 indices, class_names)."""
+  if labels.dtype.kind in "fc":
+    if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels.real)):
+      raise ValueError(f"labels are {labels.dtype} with non-integer values; expected ints "
+                       "or strings")
+    labels = labels.real.astype(np.int64)
+  if labels.dtype.kind in "iub":
+    labels = labels.astype(np.int64)
+    if class_names is not None:
+      out = np.flatnonzero((labels < 0) | (labels >= len(class_names)))
+      if out.size:
+        raise ValueError(
+            f"int labels must index class_names (0..{len(class_names) - 1}); "
+            f"{_listing(out.tolist(), 'rows are out of range')}, e.g. {labels[out[0]]}")
+      return labels, class_names
+    values = np.unique(labels)
+    return np.searchsorted(values, labels).astype(np.int64), [str(v) for v in values]
+  if labels.dtype.kind not in "US":
+    raise ValueError(f"labels must be ints or strings, got dtype {labels.dtype}")
+  names = _as_strings(labels)
+  if class_names is None:
+    class_names = sorted(set(names))
+  index = {name: k for k, name in enumerate(class_names)}
+  unknown = sorted(set(names) - set(index))
+  if unknown:
+    raise ValueError(f"{_listing(unknown, 'labels are not in class_names')}; class_names: "
+                     f"{class_names}")
+  return np.asarray([index[s] for s in names], np.int64), class_names
+
+
+def load_embeddings(path: str, *, labels_path: str = "") -> UserEmbeddings:
+  """Reads precomputed features and their labels.
+
+  * ``.npz``: ``features`` (or ``embeddings``) ``[n, d]``, ``labels`` ``[n]`` (ints or
+    strings; or from ``labels_path``), optional ``ids`` ``[n]`` and ``class_names``
+    (then int labels index into it, string labels must be among them).
+  * ``.npy``: the ``[n, d]`` features; labels from ``labels_path`` (``.npy``, or a text
+    file with one label per line), by default the sibling ``<stem>_labels.npy``, else
+    ``labels.npy``.
+
+  Without ``class_names``, labels (strings or ints) map to their sorted distinct values,
+  and ``class_names`` are those values as strings (int labels ``0..k-1`` stay as they are).
+
+  Returns:
+    :class:`UserEmbeddings`.
+
+  Raises:
+    ValueError: missing keys/files, features not ``[n, d]``, features and labels (or ids)
+      of different lengths (both shapes given), labels out of range or not in
+      ``class_names``, NaN/Inf rows (indices given), duplicate ids, < 2 classes.
+  """
+  kind = source_kind(path)
+  if kind not in ("npz", "npy") or not os.path.isfile(path):
+    raise ValueError(f"{path!r} is not an existing .npz or .npy file")
+  ids = class_names = labels = None
+  if kind == "npz":
+    with _np_load(path) as data:
+      keys = list(data.keys())
+      key = "features" if "features" in keys else "embeddings"
+      if key not in keys:
+        raise ValueError(f"{path!r} has no 'features' (or 'embeddings') key; keys: {keys}")
+      features = data[key]
+      if "labels" in keys and not labels_path:
+        labels = data["labels"]
+      ids = data["ids"] if "ids" in keys else None
+      class_names = _as_strings(data["class_names"]) if "class_names" in keys else None
+    if labels is None and not labels_path:
+      raise ValueError(f"{path!r} has no 'labels' key (keys: {keys}); pass labels_path")
+  else:
+    features = _np_load(path)
+    if not labels_path:
+      folder, stem = os.path.split(os.path.splitext(path)[0])
+      tried = [os.path.join(folder, f"{stem}_labels.npy"), os.path.join(folder, "labels.npy")]
+      labels_path = next((p for p in tried if os.path.isfile(p)), "")
+      if not labels_path:
+        raise ValueError(f"no labels for {path!r}: pass labels_path, or put them in one of "
+                         f"{tried}")
+  if labels is None:
+    labels = _read_labels_file(labels_path)
+  if features.ndim != 2 or features.dtype.kind not in "fiub":
+    raise ValueError(f"features must be a numeric [n, d] array, got {features.dtype} "
+                     f"{features.shape}")
+  if features.dtype not in (np.float32, np.float64):
+    features = features.astype(np.float32)
+  labels = np.asarray(labels)
+  if labels.ndim != 1 or len(labels) != len(features):
+    raise ValueError(f"features {features.shape} and labels {labels.shape} do not match: "
+                     "expected labels of shape [n] for features [n, d]")
+  bad = np.flatnonzero(~np.all(np.isfinite(features), axis=1))
+  if bad.size:
+    raise ValueError(f"{path!r}: features must be finite; "
+                     f"{_listing(bad.tolist(), 'rows hold NaN or Inf')}")
+  labels, class_names = _index_labels(labels, class_names)
+  if ids is not None and ids.shape != (len(features),):
+    raise ValueError(f"ids {ids.shape} do not match features {features.shape}")
+  ids = [str(i) for i in range(len(features))] if ids is None else _as_strings(ids)
+  _check_unique(ids, path)
+  counts = np.bincount(labels, minlength=len(class_names))
+  if np.count_nonzero(counts) < 2:
+    raise ValueError(f"{path!r} has {np.count_nonzero(counts)} class with samples; at "
+                     "least 2 classes are needed")
+  warnings = [f"class {name!r} has no sample" for name, c in zip(class_names, counts)
+              if c == 0]
+  warnings += [_one_sample_warning(name, "sample")
+               for name, c in zip(class_names, counts) if c == 1]
+  return UserEmbeddings(features, labels, class_names, ids, warnings)

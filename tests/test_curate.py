@@ -1,0 +1,165 @@
+"""Curate your own dataset, end to end: real images (scikit-learn's digits) written as a class
+folder tree, as a CSV of path,label rows and as a .npz of precomputed features, with planted
+label noise; the run flags the planted errors from each, with the same ranking."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import diva_jax
+from diva_jax.runs import curate
+from diva_jax.runs.errors import ConfigError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load_config_module():
+  """configs/curate.py by path (configs/ is not an installed package; no sys.path change)."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "_curate_config", os.path.join(REPO, "configs", "curate.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+curate_config = _load_config_module()
+N, SIZE = 400, 16
+NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+  """(root, csv path, npz path, ids, noisy mask): N digits, 20% of labels flipped."""
+  from sklearn.datasets import load_digits
+  root = tmp_path_factory.mktemp("photos")
+  d = load_digits()
+  rng = np.random.default_rng(0)
+  idx = rng.permutation(len(d.target))[:N]
+  labels = d.target[idx].copy()
+  noisy = rng.uniform(size=N) < 0.2
+  labels[noisy] = (labels[noisy] + rng.integers(1, 10, noisy.sum())) % 10
+  ids, rows = [], []
+  for k, (i, lab) in enumerate(zip(idx, labels)):
+    img = Image.fromarray((d.images[i] * 255 / 16).astype(np.uint8))
+    mode = ("L", "RGB", "RGBA")[k % 3]  # mixed modes, as real folders have
+    rel = os.path.join(NAMES[lab], f"img_{k:04d}.png")
+    os.makedirs(root / NAMES[lab], exist_ok=True)
+    img.convert(mode).save(root / rel)
+    ids.append(rel)
+    rows.append((rel, NAMES[lab], rel))
+  csv_path = root / "labels.csv"
+  with open(csv_path, "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["path", "label", "id"])
+    w.writerows(rows)
+  # Precomputed features of the same images (what the pixel backbone computes), as .npz.
+  from diva_jax.data import user_data
+  imgs = user_data.load_image_csv(str(csv_path), size=SIZE)
+  feats = imgs.images.reshape(N, -1).astype(np.float32) / 255.0
+  npz_path = root.parent / "embeddings.npz"
+  np.savez(npz_path, features=feats, labels=np.asarray([NAMES[l] for l in labels]),
+           ids=np.asarray(ids))
+  return str(root), str(csv_path), str(npz_path), ids, noisy
+
+
+def _config(source, **kw):
+  c = curate_config.get_config("pixels")
+  c.source, c.image_size = source, SIZE
+  for k, v in kw.items():
+    setattr(c, k, v)
+  return c
+
+
+def _issues(workdir):
+  with open(os.path.join(workdir, "label_issues.csv"), newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def test_flags_planted_errors_from_folder_csv_and_embeddings(planted, tmp_path):
+  root, csv_path, npz_path, ids, noisy = planted
+  rankings = {}
+  for kind, src in (("folder", root), ("csv", csv_path), ("npz", npz_path)):
+    wd = str(tmp_path / kind)
+    metrics = curate.run(_config(src), wd)
+    rows = _issues(wd)
+    assert len(rows) == N and metrics["samples"] == N
+    deriv = {r["id"]: float(r["derivative"]) for r in rows}
+    score = np.asarray([deriv[i] for i in ids])
+    auc = diva_jax.auroc(score, noisy)
+    assert auc > 0.95, (kind, auc)
+    # Most harmful first; flagged = derivative > 0; labels by class name.
+    d = [float(r["derivative"]) for r in rows]
+    assert d == sorted(d, reverse=True)
+    assert all((r["flagged"] == "1") == (float(r["derivative"]) > 0) for r in rows)
+    assert {r["given_label"] for r in rows} <= set(NAMES)
+    rankings[kind] = [r["id"] for r in rows]
+    # cleanlab-compatible arrays, in the source's order.
+    mask = np.load(os.path.join(wd, "label_issues.npy"))
+    quality = np.load(os.path.join(wd, "label_quality_scores.npy"))
+    assert mask.dtype == bool and mask.shape == (N,) and mask.sum() == metrics["flagged"]
+    assert quality.shape == (N,) and np.all((quality >= 0) & (quality <= 1))
+    # Cleaned labels: the flagged samples removed.
+    with open(os.path.join(wd, "cleaned_labels.csv"), newline="") as f:
+      cleaned = list(csv.DictReader(f))
+    assert len(cleaned) == N - metrics["flagged"]
+    assert os.path.getsize(os.path.join(wd, "report.html")) > 1000
+    with open(os.path.join(wd, "metrics.json")) as f:
+      json.load(f)
+  assert rankings["folder"] == rankings["csv"] == rankings["npz"]
+
+
+def test_relabel_suggests_the_true_class_for_most_flagged(planted, tmp_path):
+  root, csv_path, _, ids, noisy = planted
+  wd = str(tmp_path / "relabel")
+  curate.run(_config(csv_path, relabel=True), wd)
+  with open(os.path.join(wd, "cleaned_labels.csv"), newline="") as f:
+    cleaned = {r["id"]: r["label"] for r in csv.DictReader(f)}
+  assert len(cleaned) == N
+  rows = {r["id"]: r for r in _issues(wd)}
+  flagged_noisy = [i for i, n in zip(ids, noisy) if n and rows[i]["flagged"] == "1"]
+  assert len(flagged_noisy) > 0.6 * noisy.sum()
+  # A relabelled sample takes the suggestion, which differs from the (wrong) given label.
+  changed = [i for i in flagged_noisy if cleaned[i] != rows[i]["given_label"]]
+  assert len(changed) > 0.6 * len(flagged_noisy)
+
+
+def test_bad_sources_refused_before_anything_is_written(planted, tmp_path):
+  root, csv_path, _, _, _ = planted
+  bad_csv = tmp_path / "bad.csv"
+  bad_csv.write_text("path,label\nzero/missing.png,zero\none/also_missing.png,one\n")
+  cases = [
+      (_config(""), "source must name"),
+      (_config(str(bad_csv)), "missing"),
+      (_config(root, detection_reg_multiplier=0.0), "detection_reg_multiplier"),
+      (_config(root, report_grid=0), "report_grid"),
+  ]
+  for config, match in cases:
+    wd = tmp_path / f"wd_{abs(hash(match))}"
+    with pytest.raises(ConfigError, match=match):
+      curate.run(config, str(wd))
+    assert not wd.exists()
+
+
+def test_binary_runs_from_another_directory(planted, tmp_path):
+  _, csv_path, _, _, _ = planted
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  out = subprocess.run(
+      [sys.executable, "-m", "experiments.curate", f"--workdir={tmp_path / 'cli'}",
+       f"--config.source={csv_path}", "--config.backbone=pixels", f"--config.image_size={SIZE}"],
+      cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "most harmful" in out.stdout
+  bad = subprocess.run(
+      [sys.executable, "-m", "experiments.curate", f"--workdir={tmp_path / 'cli2'}",
+       f"--config.source={tmp_path / 'nope.csv'}"],
+      cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+  last = [line for line in bad.stderr.splitlines() if line.strip()][-1]
+  assert bad.returncode == 2 and last.startswith("error:") and "nope.csv" in last, bad.stderr
+  assert "Traceback" not in bad.stderr
