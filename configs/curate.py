@@ -23,7 +23,10 @@ def get_config(arg=None):
   c.data_dir = ""                # TFDS data_dir
   c.cache_dir = ""               # feature cache ("" = <workdir>/cache)
   c.max_images = 0               # 0 = all
-  c.backbone = "efficientnet_lite0"  # efficientnet_lite0 | pixels
+  c.backbone = "efficientnet_lite0"  # efficientnet_lite0 | pixels | flax
+  c.flax_module = ""             # backbone='flax': 'package.module:Name' or 'file.py:Name'
+  c.flax_checkpoint = ""         # backbone='flax': orbax checkpoint dir of its variables
+  c.flax_method = ""             # backbone='flax': the method giving [n, d] features
   c.image_size = 96
   c.batch_size = 64
   c.seed = 0

@@ -163,3 +163,40 @@ def test_binary_runs_from_another_directory(planted, tmp_path):
   last = [line for line in bad.stderr.splitlines() if line.strip()][-1]
   assert bad.returncode == 2 and last.startswith("error:") and "nope.csv" in last, bad.stderr
   assert "Traceback" not in bad.stderr
+
+
+TINY_MODEL = '''
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class TinyNet(nn.Module):
+  """A user's own embedding network: conv + dense on the preprocessed image."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(8, (3, 3))(x))
+    x = x.reshape(x.shape[0], -1)
+    return nn.Dense(64)(x)
+'''
+
+
+def test_user_flax_backbone_restored_with_orbax(planted, tmp_path):
+  import jax
+  import orbax.checkpoint as ocp
+  _, csv_path, _, _, _ = planted
+  model_file = tmp_path / "tiny_model.py"
+  model_file.write_text(TINY_MODEL)
+  ns = {}
+  exec(TINY_MODEL, ns)  # pylint: disable=exec-used
+  variables = ns["TinyNet"]().init(jax.random.key(0), jax.numpy.zeros((1, SIZE, SIZE, 3)))
+  ckpt = tmp_path / "ckpt"
+  ocp.PyTreeCheckpointer().save(str(ckpt), variables)
+  wd = str(tmp_path / "flax")
+  metrics = curate.run(_config(csv_path, backbone="flax",
+                               flax_module=f"{model_file}:TinyNet",
+                               flax_checkpoint=str(ckpt)), wd)
+  assert metrics["feature_dim"] == 65 and metrics["samples"] == N  # 64 + bias
+  with pytest.raises(ConfigError, match="flax_checkpoint"):
+    curate.run(_config(csv_path, backbone="flax", flax_module=f"{model_file}:TinyNet",
+                       flax_checkpoint=str(tmp_path / "nope")), str(tmp_path / "flax2"))

@@ -46,7 +46,15 @@ def validate(config) -> None:
   if not isinstance(config.source, str) or not config.source.strip():
     raise ConfigError("source must name an image folder, a .csv of path,label rows, a .npz or "
                       ".npy of embeddings, or a TFDS dataset; got an empty value.")
-  common.check_choice(config, "backbone", ("efficientnet_lite0", "pixels"))
+  common.check_choice(config, "backbone", ("efficientnet_lite0", "pixels", "flax"))
+  if config.backbone == "flax":
+    if ":" not in config.flax_module:
+      raise ConfigError("backbone='flax' needs flax_module = 'package.module:Name' or "
+                        f"'path/to/file.py:Name' (a flax module class or factory), got "
+                        f"{config.flax_module!r}.")
+    if not os.path.isdir(os.path.expanduser(config.flax_checkpoint)):
+      raise ConfigError("backbone='flax' needs flax_checkpoint = an orbax checkpoint directory "
+                        f"of the module's variables, got {config.flax_checkpoint!r}.")
   common.check_int(config, "image_size", 8)
   common.check_int(config, "batch_size", 1)
   common.check_int(config, "max_images", 0)
@@ -100,6 +108,43 @@ def load_source(config) -> _Samples:
   ids = [str(i) for i in range(len(labels))]
   return _Samples(labels=labels, class_names=[str(c) for c in names], ids=ids,
                   paths=[""] * len(ids), images=np.asarray(images))
+
+
+def _import_object(spec: str):
+  """'package.module:Name' or 'path/to/file.py:Name' -> the object."""
+  import importlib
+  import importlib.util
+  where, _, name = spec.rpartition(":")
+  if where.endswith(".py"):
+    module_spec = importlib.util.spec_from_file_location(
+        f"_diva_user_{hashlib.sha256(where.encode()).hexdigest()[:8]}",
+        os.path.expanduser(where))
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+  else:
+    module = importlib.import_module(where)
+  try:
+    return getattr(module, name)
+  except AttributeError as e:
+    raise ConfigError(f"flax_module {spec!r}: {where} has no {name!r}.") from e
+
+
+def make_backbone(config):
+  """The configured backbone; 'flax': a user's flax module (class or factory, called with no
+  arguments) with variables restored from an orbax checkpoint (`models.from_flax`)."""
+  if config.backbone != "flax":
+    return common.make_backbone(config)
+  import orbax.checkpoint as ocp
+  from diva_jax import models
+  try:
+    module = _import_object(config.flax_module)()
+  except (ImportError, OSError, SyntaxError) as e:
+    raise ConfigError(f"flax_module {config.flax_module!r} cannot be imported: {e}") from e
+  variables = ocp.PyTreeCheckpointer().restore(
+      os.path.abspath(os.path.expanduser(config.flax_checkpoint)))
+  size = (config.image_size, config.image_size)
+  return models.from_flax(module, variables, name=f"flax-{config.flax_module}",
+                          input_size=size, method=config.flax_method or None)
 
 
 def _tfds_config(config):
@@ -162,7 +207,7 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
   if samples.features is not None:
     raw = np.asarray(samples.features, np.float32)
   else:
-    backbone = common.make_backbone(config)
+    backbone = make_backbone(config)
     tag = hashlib.sha256(os.path.abspath(config.source).encode()).hexdigest()[:12]
     raw = common.embed(config, backbone, samples.images, dataset="curate",
                        split=f"{tag}{config.max_images or ''}",
