@@ -104,21 +104,27 @@ def reweight(weights, targets, *, features=None, kernel=None, reg, steps: int = 
   # int array would be rounded back to integers after every step.
   weights = _check_weights("weights", weights, n,
                            _float_dtype(features, kernel, targets))
-  _check_reg(reg)
-  _check_loss(loss, temperature)
-  if eval_mask is not None:
-    eval_mask = _check_mask("eval_mask", eval_mask, n)
-  steps = _check_int("steps", steps, 0)
-  learning_rate = _check_real("learning_rate", learning_rate, positive=True)
+  eval_mask, steps, opt = _check_step_args(n, reg, loss, temperature, eval_mask, steps,
+                                            learning_rate, optimizer)
   if max_weight is not None:
     max_weight = _check_real("max_weight", max_weight, positive=True)
-  opt = _check_optimizer(optimizer, learning_rate)
   kw = dict(features=features, kernel=kernel, reg=reg, loss=loss, eval_mask=eval_mask,
             temperature=temperature)
   w, losses, derivs = _projected_descent(
       weights, lambda w: _loo.loo_loss_and_derivative(w, targets, **kw),
       lambda w: _loo.loo_loss(w, targets, **kw), steps, opt, max_weight)
   return ReweightResult(w, losses, derivs)
+
+
+def _check_step_args(n, reg, loss, temperature, eval_mask, steps, learning_rate, optimizer):
+  """The arguments shared by the weight-step functions: (eval_mask, steps, optimizer)."""
+  _check_reg(reg)
+  _check_loss(loss, temperature)
+  if eval_mask is not None:
+    eval_mask = _check_mask("eval_mask", eval_mask, n)
+  steps = _check_int("steps", steps, 0)
+  learning_rate = _check_real("learning_rate", learning_rate, positive=True)
+  return eval_mask, steps, _check_optimizer(optimizer, learning_rate)
 
 
 def _check_optimizer(optimizer, learning_rate):
@@ -269,13 +275,8 @@ def reweight_groups(groups, targets, *, num_groups: Optional[int] = None, featur
   dtype = _float_dtype(features, kernel, targets)
   base = (np.ones(n, dtype) if base_weights is None
           else _check_weights("base_weights", base_weights, n, dtype))
-  _check_reg(reg)
-  _check_loss(loss, temperature)
-  if eval_mask is not None:
-    eval_mask = _check_mask("eval_mask", eval_mask, n)
-  steps = _check_int("steps", steps, 0)
-  learning_rate = _check_real("learning_rate", learning_rate, positive=True)
-  opt = _check_optimizer(optimizer, learning_rate)
+  eval_mask, steps, opt = _check_step_args(n, reg, loss, temperature, eval_mask, steps,
+                                            learning_rate, optimizer)
   kw = dict(features=features, kernel=kernel, reg=reg, loss=loss, eval_mask=eval_mask,
             temperature=temperature)
 

@@ -155,23 +155,34 @@ def test_csv_no_header_order_and_skips(tmp_path, digits):
   np.testing.assert_array_equal(out.labels, [1, 0, 1, 0])
   np.testing.assert_array_equal(out.images[1], _expected_gray(images[1]))
   assert [s.path for s in out.skipped] == ["im/bad.png"]
-  # max_images: the first 2 readable rows by path (a, b), returned in CSV order.
-  sub = ud.load_image_csv(str(tmp_path / "l.csv"), size=SIZE, max_images=2)
-  assert sub.paths == ["im/b.png", "im/a.png"]
-  np.testing.assert_array_equal(sub.images, out.images[:2])
+  # max_images: a deterministic subset (by a hash of the paths), returned in CSV order.
+  sub = ud.load_image_csv(str(tmp_path / "l.csv"), size=SIZE, max_images=3)
+  assert len(sub.paths) == 3 and set(sub.paths) <= set(out.paths)
+  assert sub.paths == [p for p in out.paths if p in sub.paths]
+  for p, img in zip(sub.paths, sub.images):
+    np.testing.assert_array_equal(img, out.images[out.paths.index(p)])
+  again = ud.load_image_csv(str(tmp_path / "l.csv"), size=SIZE, max_images=3)
+  assert again.paths == sub.paths
 
 
 def test_folder_max_images_is_deterministic(tmp_path, digits):
   images, _ = digits
-  for cls in ("a", "b", "c"):
-    for k in range(3):
+  for cls in ("a", "b", "c", "d"):
+    for k in range(10):
       _save(str(tmp_path / cls / f"{k}.png"), images[k], "L")
-  out = ud.load_image_folder(str(tmp_path), size=SIZE, max_images=5)
-  assert out.paths == ["a/0.png", "a/1.png", "a/2.png", "b/0.png", "b/1.png"]
-  assert out.class_names == ["a", "b"]
-  assert any("'c'" in w and "max_images=5" in w for w in out.warnings)
-  again = ud.load_image_folder(str(tmp_path), size=SIZE, max_images=5)
+  out = ud.load_image_folder(str(tmp_path), size=SIZE, max_images=12)
+  assert len(out.paths) == 12 and out.paths == sorted(out.paths)  # sample order kept
+  # Spread over the classes, not the first classes of a sorted listing (the old behaviour
+  # gave 10 images of 'a' and 2 of 'b').
+  counts = np.bincount(out.labels)
+  assert len(out.class_names) == 4 and list(counts) == [3, 3, 3, 3], counts
+  again = ud.load_image_folder(str(tmp_path), size=SIZE, max_images=12)
+  assert again.paths == out.paths
   np.testing.assert_array_equal(again.images, out.images)
+  # A class left out of a small subset gets a warning naming max_images.
+  tiny = ud.load_image_folder(str(tmp_path), size=SIZE, max_images=2)
+  missing = set("abcd") - set(tiny.class_names)
+  assert all(any(f"'{c}'" in w and "max_images=2" in w for w in tiny.warnings) for c in missing)
 
 
 def test_truncation_detected_even_if_enabled_globally(tmp_path, digits, monkeypatch):

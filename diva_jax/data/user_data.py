@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import csv
+import hashlib
 import os
 import unicodedata
 from typing import NamedTuple, Sequence
@@ -138,6 +139,22 @@ class _Entry(NamedTuple):
   id: str
 
 
+def _subset_order(entries: list[_Entry]) -> list[int]:
+  """The order in which a `max_images` subset is taken: round-robin over the classes, each
+  class in the order of a hash of its samples' paths. The subset is deterministic, the same
+  for a folder and a CSV of the same files, and balanced over the classes (a prefix of a
+  class-sorted listing would hold only the first classes)."""
+  digest = lambda p: hashlib.sha1(p.encode("utf-8")).hexdigest()
+  by_class: dict[str, list[int]] = {}
+  for i, e in enumerate(entries):
+    by_class.setdefault(e.label, []).append(i)
+  rank = {}
+  for members in by_class.values():
+    for r, i in enumerate(sorted(members, key=lambda i: (digest(entries[i].path), i))):
+      rank[i] = r
+  return sorted(range(len(entries)), key=lambda i: (rank[i], entries[i].label, i))
+
+
 def _assemble(entries: list[_Entry], selection: Sequence[int], all_classes: list[str], *,
               size: int, max_images: int, skipped: list[SkippedFile],
               warnings: list[str], source: str, noun: str) -> UserImages:
@@ -191,8 +208,8 @@ def load_image_folder(root: str, *, size: int, max_images: int = 0) -> UserImage
   Args:
     root: the folder; class names are its subfolder names.
     size: output images are ``[size, size, 3]``.
-    max_images: if > 0, only the first ``max_images`` readable images in sample order,
-      i.e. sorted by (class folder name, path inside it): a deterministic subset.
+    max_images: if > 0, a deterministic subset of ``max_images`` readable images, balanced
+      over the classes (`_subset_order`).
 
   Returns:
     :class:`UserImages`, samples sorted by (class folder name, relative path); ``ids`` and
@@ -230,7 +247,7 @@ def load_image_folder(root: str, *, size: int, max_images: int = 0) -> UserImage
         entries.append(_Entry(name, rel, os.path.join(root, *rel.split("/")), rel))
   if not classes:
     raise ValueError(f"{root!r} has no class folder (expected root/<class>/<image files>)")
-  return _assemble(entries, range(len(entries)), classes, size=size,
+  return _assemble(entries, _subset_order(entries), classes, size=size,
                    max_images=max_images, skipped=skipped, warnings=[], source=root,
                    noun="class folder")
 
@@ -253,8 +270,8 @@ def load_image_csv(csv_path: str, *, size: int, max_images: int = 0) -> UserImag
   Args:
     csv_path: the CSV file.
     size: output images are ``[size, size, 3]``.
-    max_images: if > 0, only the ``max_images`` readable images that come first when rows
-      are sorted by path (then row): a deterministic subset, returned in CSV order.
+    max_images: if > 0, a deterministic subset of ``max_images`` readable images, balanced
+      over the classes (as for folders: `_subset_order`), returned in CSV order.
 
   Returns:
     :class:`UserImages` in CSV row order; ``class_names`` are the sorted distinct labels
@@ -294,8 +311,7 @@ def load_image_csv(csv_path: str, *, size: int, max_images: int = 0) -> UserImag
   if not entries:
     raise ValueError(f"{csv_path!r} has no data row (expected path,label[,id] rows)")
   _check_unique([e.id for e in entries], csv_path, "" if width == 3 else " (add an id column)")
-  selection = sorted(range(len(entries)), key=lambda i: (entries[i].path, i))
-  return _assemble(entries, selection, sorted({e.label for e in entries}), size=size,
+  return _assemble(entries, _subset_order(entries), sorted({e.label for e in entries}), size=size,
                    max_images=max_images, skipped=[], warnings=[], source=csv_path,
                    noun="class")
 

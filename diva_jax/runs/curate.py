@@ -220,12 +220,17 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
 
   def score():
     t0 = time.perf_counter()
+    bar = common.progress_bar("scoring")  # reg selection, derivative, LOO probabilities
+    bar(0, 3)
     reg = common.choose_reg(config, targets, feats)
+    bar(1, 3)
     det_reg = reg * float(config.detection_reg_multiplier)
     deriv = diva_jax.dataset_derivative(np.ones(n, np.float32), targets, features=feats,
                                         reg=det_reg, loss=config.loss,
                                         temperature=config.temperature)
+    bar(2, 3)
     loo = diva_jax.loo_predictions(np.ones(n, np.float32), targets, features=feats, reg=reg)
+    bar(3, 3)
     return {"derivative": np.asarray(deriv, np.float64), "loo": np.asarray(loo, np.float64),
             "reg": np.float64(reg), "detection_reg": np.float64(det_reg),
             "seconds": np.float64(time.perf_counter() - t0)}
