@@ -200,3 +200,12 @@ def test_user_flax_backbone_restored_with_orbax(planted, tmp_path):
   with pytest.raises(ConfigError, match="flax_checkpoint"):
     curate.run(_config(csv_path, backbone="flax", flax_module=f"{model_file}:TinyNet",
                        flax_checkpoint=str(tmp_path / "nope")), str(tmp_path / "flax2"))
+
+
+def test_tfds_name_source(tmp_path):
+  """A TFDS name (here the digits builder that ships with diva_jax) works as a source."""
+  wd = str(tmp_path / "tfds")
+  metrics = curate.run(_config("digits", max_images=300, image_size=8), wd)
+  assert metrics["samples"] == 300 and metrics["classes"] == 10
+  rows = _issues(wd)
+  assert len(rows) == 300 and rows[0]["path"] == ""
