@@ -35,6 +35,7 @@ def get_config(arg=None):
   c.reg = 0.0                    # ridge reg > 0, or 0.0 = the minimiser of the exact LOO error
   c.detection_reg_multiplier = 10.0
   c.eps = 0.0                    # flag derivative > eps
+  c.threshold = "auto"           # auto: only the k most harmful, k = estimate_num_issues | sign
   c.relabel = False              # cleaned_labels.csv: relabel flagged samples instead of dropping
   c.report_grid = 2000           # most harmful samples shown in report.html
   return apply_variants(c, arg, VARIANTS)

@@ -42,6 +42,7 @@ def get_config(arg=None):
   c.reg = 0.0                    # ridge reg > 0, or 0.0 = the minimiser of the exact LOO error
   c.detection_reg_multiplier = 10.0  # derivative taken at reg x this (1 = at the fit's reg)
   c.eps = 0.0                    # flag derivative > eps
+  c.threshold = "auto"           # auto: only the k most harmful, k = estimate_num_issues | sign
   c.reweight_steps = 2
   c.reweight_lr = 0.2            # largest weight change per step (normalised gradient)
   c.baselines = True

@@ -94,10 +94,15 @@ def test_flags_planted_errors_from_folder_csv_and_embeddings(planted, tmp_path):
     score = np.asarray([deriv[i] for i in ids])
     auc = diva_jax.auroc(score, noisy)
     assert auc > 0.95, (kind, auc)
-    # Most harmful first; flagged = derivative > 0; labels by class name.
+    # Most harmful first; flagged (threshold 'auto') = the first min(estimate, #positive)
+    # rows, every one with derivative > 0; labels by class name.
     d = [float(r["derivative"]) for r in rows]
     assert d == sorted(d, reverse=True)
-    assert all((r["flagged"] == "1") == (float(r["derivative"]) > 0) for r in rows)
+    k = min(metrics["estimated_issues"], metrics["flagged_by_sign_rule"])
+    assert [r["flagged"] for r in rows] == ["1"] * k + ["0"] * (N - k)
+    assert all(float(r["derivative"]) > 0 for r in rows[:k])
+    # The estimate is close to the planted count (80 of 400 here).
+    assert abs(metrics["estimated_issues"] - noisy.sum()) <= 0.25 * noisy.sum()
     assert {r["given_label"] for r in rows} <= set(NAMES)
     rankings[kind] = [r["id"] for r in rows]
     # cleanlab-compatible arrays, in the source's order.

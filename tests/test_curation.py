@@ -349,3 +349,28 @@ def test_tune_augmentations_validates_shapes():
     curation.tune_augmentations(np.stack([z, z]), y[:, 0], reg=1.0)
   with pytest.raises(ValueError, match="steps must be an integer >= 0"):
     curation.tune_augmentations(np.stack([z, z]), y, reg=1.0, steps=1.0)
+
+
+def test_estimate_num_issues_recovers_planted_count_and_top_k_flagging():
+  """Out-of-sample probabilities of a known model: the calibrated confident joint recovers
+  the number of flipped labels; detect_detrimental(num_flagged=k) flags the k largest of the
+  positive derivatives."""
+  rng = np.random.default_rng(0)
+  n, c = 4000, 5
+  true = rng.integers(0, c, n)
+  logits = 3.0 * np.eye(c)[true] + rng.normal(size=(n, c))
+  probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+  for rate in (0.0, 0.1, 0.3):
+    flip = rng.uniform(size=n) < rate
+    given = np.where(flip, (true + rng.integers(1, c, n)) % c, true)
+    est = diva_jax.estimate_num_issues(probs, given)
+    assert abs(est - flip.sum()) <= 0.05 * n, (rate, est, flip.sum())
+  d = np.array([3.0, -1.0, 2.0, 0.5, -2.0, 1.0])
+  np.testing.assert_array_equal(diva_jax.detect_detrimental(d, num_flagged=2),
+                                [True, False, True, False, False, False])
+  # Never more than the sign rule: k larger than the positives flags only the positives.
+  np.testing.assert_array_equal(diva_jax.detect_detrimental(d, num_flagged=5), d > 0)
+  with pytest.raises(ValueError, match="num_flagged"):
+    diva_jax.detect_detrimental(d, num_flagged=-1)
+  with pytest.raises(ValueError, match="labels must be"):
+    diva_jax.estimate_num_issues(probs, given[:10])

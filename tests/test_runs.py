@@ -363,7 +363,7 @@ def test_outlier_rejection_everything_flagged_no_refit(shared_dirs, tmp_path):
   """Defect 6: with every sample flagged (eps below every derivative), no refit on the
   empty set: test_error_after is null with a note; no baseline header in the summary."""
   cfg = _digits_pixels(configs.outlier_rejection, shared_dirs, max_train=60, max_test=50,
-                       baselines=False, plots=False, eps=-1e9,
+                       baselines=False, plots=False, eps=-1e9, threshold="sign",
                        sensitivity_reg_multipliers=(1.0,))
   m = outlier_rejection.run(cfg, str(tmp_path))
   assert m["num_flagged"] == m["n_train"]

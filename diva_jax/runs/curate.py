@@ -12,7 +12,9 @@ Steps (each a resumable stage of the workdir):
 Outputs in the workdir:
   label_issues.csv   every sample, most harmful first: id, path, given_label, suggested_label
                      (the class of its exact LOO prediction), derivative, loo_prob_given,
-                     flagged (derivative > eps); labels by the source's class names;
+                     flagged (threshold 'auto': the estimate_num_issues most harmful with
+                     derivative > eps; 'sign': every derivative > eps); labels by the
+                     source's class names;
   cleaned_labels.csv id, path, label: the flagged samples removed, or relabelled to the
                      suggestion with config.relabel;
   label_issues.npy, label_quality_scores.npy   cleanlab-compatible: the boolean issue mask and
@@ -65,6 +67,7 @@ def validate(config) -> None:
   common.check_float(config, "reg", low=0.0)
   common.check_float(config, "detection_reg_multiplier", low=0.0, low_open=True)
   common.check_float(config, "eps")
+  common.check_choice(config, "threshold", ("auto", "sign"))
   if not isinstance(config.relabel, bool):
     raise ConfigError(f"relabel must be True or False, got {config.relabel!r}.")
 
@@ -241,7 +244,9 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
   probs = _softmax(loo, config.temperature)
   suggested = np.argmax(loo, 1)
   prob_given = probs[np.arange(n), samples.labels]
-  flagged = deriv > float(config.eps)
+  num_issues = diva_jax.estimate_num_issues(probs, samples.labels)
+  flagged = diva_jax.detect_detrimental(
+      deriv, float(config.eps), num_flagged=num_issues if config.threshold == "auto" else None)
 
   names = samples.class_names
   order = np.argsort(-deriv, kind="stable")
@@ -265,8 +270,11 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
       "samples": n,
       "classes": num_classes,
       "feature_dim": int(feats.shape[1]),
+      "threshold": config.threshold,
+      "estimated_issues": num_issues,
       "flagged": int(flagged.sum()),
       "flagged_fraction": float(flagged.mean()),
+      "flagged_by_sign_rule": int(np.sum(deriv > float(config.eps))),
       "suggested_differs_from_given": int(np.sum(suggested != samples.labels)),
       "reg": float(scored["reg"]),
       "detection_reg": float(scored["detection_reg"]),
@@ -292,8 +300,9 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
 def _print_summary(summary, samples, names, order, deriv, suggested, flagged, wd) -> None:
   print(f"== curate: {summary['source']} ({summary['samples']} samples, {summary['classes']} "
         f"classes, {summary['skipped_files']} files skipped)")
-  print(f"flagged {summary['flagged']} ({100 * summary['flagged_fraction']:.1f}%) with "
-        f"derivative > eps; reg {summary['reg']:.4g} (derivative at {summary['detection_reg']:.4g})"
+  print(f"flagged {summary['flagged']} ({100 * summary['flagged_fraction']:.1f}%; threshold "
+        f"{summary['threshold']}: {summary['estimated_issues']} issues estimated, "
+        f"{summary['flagged_by_sign_rule']} with derivative > eps); reg {summary['reg']:.4g} (derivative at {summary['detection_reg']:.4g})"
         f"; embed {summary['embed_seconds']:.1f}s, score {summary['score_seconds']:.1f}s")
   print("most harmful:")
   for i in order[:5]:

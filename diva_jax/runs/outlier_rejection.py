@@ -4,7 +4,9 @@ Steps (each a resumable stage of the workdir):
   1. features of the train and test split (backbone, cached);
   2. label noise on the train split (uniform or pairwise, seeded);
   3. reg (given, or the minimiser of the exact LOO error: computable without the mask);
-  4. the dataset derivative at weight 1; flag derivative > eps;
+  4. the dataset derivative at weight 1; flag derivative > eps (threshold 'sign'), or only the
+     most harmful of those, as many as `diva_jax.estimate_num_issues` estimates from the
+     exact LOO probabilities (threshold 'auto', the default: no noise mask needed);
   5. baselines on the same features: cleanlab fed our exact LOO class probabilities,
      cleanlab fed 5-fold cross-validated logistic-regression probabilities (its usual recipe),
      ranking by the per-sample LOO loss, random scores; each timed (a baseline that cannot
@@ -40,6 +42,7 @@ def validate(config) -> None:
   common.check_float(config, "noise_rate", low=0.0, high=1.0, high_open=True)
   common.check_choice(config, "noise_type", ("uniform", "pairwise", "none"))
   common.check_float(config, "eps")
+  common.check_choice(config, "threshold", ("auto", "sign"))
   common.check_int(config, "reweight_steps", 0)
   common.check_float(config, "reweight_lr", low=0.0, low_open=True)
   common.check_int(config, "logistic_max_iter", 1)
@@ -155,8 +158,13 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
         ones, targets, features=x, reg=reg * config.detection_reg_multiplier, loss=config.loss,
         temperature=config.temperature)
     deriv = np.asarray(jax.block_until_ready(deriv))
+    seconds = time.perf_counter() - start
+    # The automatic threshold: how many labels look wrong, from the exact LOO probabilities
+    # at the fit's reg (calibrated confident joint); no noise mask involved.
+    loo = diva_jax.loo_predictions(ones, targets, features=x, reg=reg)
+    num_issues = curation.estimate_num_issues(_softmax(loo, config.temperature), noisy)
     return {"reg": reg, "reg_seconds": t_reg, "loo_loss": float(value), "derivative": deriv,
-            "seconds": time.perf_counter() - start}
+            "seconds": seconds, "num_issues_estimate": num_issues}
 
   st = wd.stage_arrays("derivative", derivative_stage)
   # reg: the fit's (given, or the exact-LOO optimum); the derivative is taken at
@@ -164,8 +172,13 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
   # multiplier is chosen without the noise mask, see the README's sensitivity table).
   reg, deriv = float(st["reg"]), st["derivative"]
   reg_detect = reg * config.detection_reg_multiplier
-  flagged = curation.detect_detrimental(deriv, config.eps)
-  det = curation.detection_metrics(deriv, flipped, config.eps) if flipped.any() else None
+  num_issues = int(st["num_issues_estimate"])
+  flagged = curation.detect_detrimental(
+      deriv, config.eps, num_flagged=num_issues if config.threshold == "auto" else None)
+  # AUROC of the derivative's ranking; F1 / precision / recall of what is flagged.
+  det_sign = curation.detection_metrics(deriv, flipped, config.eps) if flipped.any() else None
+  det = (curation.detection_metrics(flagged - 0.5, flipped, 0.0)._replace(auroc=det_sign.auroc)
+         if flipped.any() else None)
 
   baselines, notes = {}, {}
   if flipped.any() and config.baselines:
@@ -233,7 +246,10 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
       "detection_reg": reg_detect,
       "detection_f1_top_k": _metrics(None, flipped, deriv, 0, top_k=True)["detection_f1"]
                             if flipped.any() else None,
-      "eps": config.eps, "num_flagged": int(flagged.sum()),
+      "eps": config.eps, "threshold": config.threshold,
+      "num_issues_estimate": num_issues, "num_flagged": int(flagged.sum()),
+      "detection_f1_sign_rule": det_sign.f1 if det_sign else None,
+      "num_flagged_sign_rule": int((deriv > config.eps).sum()),
       "detection_f1": det.f1 if det else None,
       "detection_precision": det.precision if det else None,
       "detection_recall": det.recall if det else None,
@@ -279,8 +295,10 @@ def summary(m: dict) -> str:
       f"d={m['feature_dim']}, {m['num_noisy']} noisy labels ({m['noise_type']} "
       f"{m['noise_rate']:.0%}), loss={m['loss']}, reg={m['reg']:.4g} ({m['reg_chosen_by']}), "
       f"derivative at reg={m['detection_reg']:.4g}",
-      f"DIVA derivative: F1 {f3(m['detection_f1'])} (eps={m['eps']:g}, {m['num_flagged']} "
-      f"flagged; top-k F1 {f3(m['detection_f1_top_k'])})  AUROC {f3(m['detection_auroc'])}  "
+      f"DIVA derivative: F1 {f3(m['detection_f1'])} (threshold {m['threshold']}: "
+      f"{m['num_flagged']} flagged, {m['num_issues_estimate']} issues estimated; sign rule "
+      f"{m['num_flagged_sign_rule']} flagged, F1 {f3(m['detection_f1_sign_rule'])}; top-k F1 "
+      f"{f3(m['detection_f1_top_k'])})  AUROC {f3(m['detection_auroc'])}  "
       f"in {m['seconds']['derivative']:.2f}s",
   ]
   if m["baselines"]:
