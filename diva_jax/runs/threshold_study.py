@@ -1,0 +1,112 @@
+"""The automatic threshold against the sign rule: detection F1 over datasets, noise rates and
+seeds (the README's threshold table).
+
+For each (dataset, max_train) setting the features are extracted once (cached); for each noise
+rate and seed the labels are flipped (uniform noise), reg is chosen by exact LOO, and three cuts
+of the same derivative ranking are scored against the noise mask: the sign rule (derivative >
+0), the automatic threshold (the `estimate_num_issues` most harmful of those) and the oracle
+(the true number of noisy labels, also capped by the sign rule). Outputs: results.json (every
+run) and summary.csv (mean and std per cell).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from diva_jax.runs import common
+from diva_jax.runs.errors import ConfigError
+
+
+def _softmax(x, temperature):
+  z = np.asarray(x, np.float64) / temperature
+  z -= z.max(1, keepdims=True)
+  p = np.exp(z)
+  return p / p.sum(1, keepdims=True)
+
+
+def validate(config) -> None:
+  common.check_common(config)
+  if not config.settings:
+    raise ConfigError("settings must list at least one 'dataset:max_train' entry.")
+  for s in config.settings:
+    name, _, max_train = str(s).partition(":")
+    if not name or not max_train.isdigit():
+      raise ConfigError(f"settings entries are 'dataset:max_train' (0 = all), got {s!r}.")
+    common.check_dataset(name)
+  if not config.noise_rates or not all(0 < float(r) < 1 for r in config.noise_rates):
+    raise ConfigError(f"noise_rates must be numbers in (0, 1), got {tuple(config.noise_rates)}.")
+  common.check_int(config, "seeds", 1)
+  common.check_choice(config, "backbone", ("efficientnet_lite0", "pixels"))
+
+
+def _setting_config(config, dataset, max_train):
+  import ml_collections
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.dataset, c.max_train, c.max_test = dataset, max_train, 10
+  c.noise_type, c.linearize = "uniform", "last_layer"
+  return c
+
+
+def run(config, workdir: str, *, overwrite: bool = False) -> dict:
+  import diva_jax
+  validate(config)
+  wd = common.Workdir(workdir, config, overwrite=overwrite)
+  wd.commit()
+  rows = []
+  for setting in config.settings:
+    dataset, _, max_train = str(setting).partition(":")
+    c = _setting_config(config, dataset, int(max_train))
+    c.cache_dir = config.cache_dir or wd.file("cache")
+    sub = common.Workdir(os.path.join(workdir, "settings", f"{dataset}_{max_train}"), c,
+                         overwrite=True)
+    train, _ = common.prepare_features(c, sub)
+    feats, num_classes = train.features, len(train.class_names)
+    n = len(train.labels)
+    ones = np.ones(n, np.float32)
+    for rate in config.noise_rates:
+      for seed in range(int(config.seeds)):
+        c.noise_rate, c.seed = float(rate), seed
+        noisy, flipped = common.noisy_labels(c, train.labels, num_classes)
+        t = common.one_hot(noisy, num_classes)
+        reg = float(diva_jax.select_reg(t, features=feats, loss=c.loss,
+                                        temperature=c.temperature).reg)
+        d = np.asarray(diva_jax.dataset_derivative(
+            ones, t, features=feats, reg=reg * c.detection_reg_multiplier, loss=c.loss,
+            temperature=c.temperature))
+        loo = np.asarray(diva_jax.loo_predictions(ones, t, features=feats, reg=reg))
+        k = diva_jax.estimate_num_issues(_softmax(loo, c.temperature), noisy)
+        f1 = lambda mask: diva_jax.detection_metrics(mask - 0.5, flipped).f1
+        rows.append({
+            "dataset": dataset, "n": n, "noise_rate": float(rate), "seed": seed,
+            "noisy": int(flipped.sum()), "estimated": k, "sign_flagged": int((d > 0).sum()),
+            "f1_sign": f1(d > 0),
+            "f1_auto": f1(diva_jax.detect_detrimental(d, num_flagged=k)),
+            "f1_oracle_k": f1(diva_jax.detect_detrimental(d, num_flagged=int(flipped.sum()))),
+        })
+  wd.write_json("results.json", rows)
+  cells = {}
+  for r in rows:
+    cells.setdefault((r["dataset"], r["n"], r["noise_rate"]), []).append(r)
+  summary = {"dataset": [], "n": [], "noise_rate": [], "noisy": [], "estimated": []}
+  for key in ("f1_sign", "f1_auto", "f1_oracle_k"):
+    summary[f"{key}_mean"], summary[f"{key}_std"] = [], []
+  for (dataset, n, rate), rs in cells.items():
+    summary["dataset"].append(dataset)
+    summary["n"].append(n)
+    summary["noise_rate"].append(rate)
+    summary["noisy"].append(float(np.mean([r["noisy"] for r in rs])))
+    summary["estimated"].append(float(np.mean([r["estimated"] for r in rs])))
+    for key in ("f1_sign", "f1_auto", "f1_oracle_k"):
+      summary[f"{key}_mean"].append(float(np.mean([r[key] for r in rs])))
+      summary[f"{key}_std"].append(float(np.std([r[key] for r in rs])))
+  wd.write_csv("summary.csv", summary)
+  if common.is_main_process():
+    print("dataset n noise | noisy estimated | F1 sign | F1 auto | F1 oracle-k")
+    for i in range(len(summary["dataset"])):
+      print(f"{summary['dataset'][i]} {summary['n'][i]} {summary['noise_rate'][i]:.0%} | "
+            f"{summary['noisy'][i]:.0f} {summary['estimated'][i]:.0f} | " + " | ".join(
+                f"{summary[k + '_mean'][i]:.3f} +- {summary[k + '_std'][i]:.3f}"
+                for k in ("f1_sign", "f1_auto", "f1_oracle_k")))
+  return {"runs": rows, "summary": summary}

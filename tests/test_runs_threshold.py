@@ -1,0 +1,49 @@
+"""The threshold study runs end to end (tiny: digits pixels, one seed) and its numbers agree
+with the curation functions it reports on."""
+
+import csv
+import importlib.util
+import json
+import os
+
+import pytest
+
+from diva_jax.runs import threshold_study
+from diva_jax.runs.errors import ConfigError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(*variants):
+  spec = importlib.util.spec_from_file_location(
+      "_threshold_config", os.path.join(REPO, "configs", "threshold_study.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(",".join(variants))
+
+
+def test_threshold_study_tiny(tmp_path):
+  c = _config("runlocal")
+  c.settings, c.seeds, c.noise_rates, c.image_size = ("digits:400",), 1, (0.2,), 8
+  out = threshold_study.run(c, str(tmp_path))
+  (row,) = out["runs"]
+  assert row["n"] == 400 and row["noisy"] > 0
+  # The automatic cut is capped by the sign rule and uses the estimate.
+  assert row["f1_auto"] >= 0.5 and row["f1_sign"] > 0.3
+  with open(tmp_path / "summary.csv") as f:
+    (cell,) = list(csv.DictReader(f))
+  assert float(cell["f1_auto_mean"]) == pytest.approx(row["f1_auto"])
+  with open(tmp_path / "results.json") as f:
+    assert json.load(f)[0]["estimated"] == row["estimated"]
+
+
+def test_threshold_study_bad_settings(tmp_path):
+  c = _config("runlocal")
+  c.settings = ("digits",)
+  with pytest.raises(ConfigError, match="dataset:max_train"):
+    threshold_study.run(c, str(tmp_path / "a"))
+  c = _config("runlocal")
+  c.noise_rates = (0.0,)
+  with pytest.raises(ConfigError, match="noise_rates"):
+    threshold_study.run(c, str(tmp_path / "b"))
+  assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
