@@ -34,6 +34,9 @@ def get_config(arg=None):
   c.dataset = "mnist5k"
   c.noise_type = "uniform"
   c.noise_rate = 0.2
+  c.cleanlab_max_n = 1500        # also run cleanlab on 5-fold CV probabilities up to this n
+  c.logistic_max_iter = 300
+  c.logistic_c = 1.0
   return apply_variants(c, arg, VARIANTS)
 
 

@@ -5,8 +5,9 @@ For each (dataset, max_train) setting the features are extracted once (cached); 
 rate and seed the labels are flipped (uniform noise), reg is chosen by exact LOO, and three cuts
 of the same derivative ranking are scored against the noise mask: the sign rule (derivative >
 0), the automatic threshold (the `estimate_num_issues` most harmful of those) and the oracle
-(the true number of noisy labels, also capped by the sign rule). Outputs: results.json (every
-run) and summary.csv (mean and std per cell).
+(the true number of noisy labels, also capped by the sign rule); for n <= cleanlab_max_n also
+cleanlab on 5-fold CV logistic-regression probabilities. Outputs: results.json (every run) and
+summary.csv (mean and std per cell).
 """
 
 from __future__ import annotations
@@ -26,6 +27,18 @@ def _softmax(x, temperature):
   return p / p.sum(1, keepdims=True)
 
 
+def _cleanlab_cv_issues(feats, noisy, config):
+  """cleanlab's usual recipe: find_label_issues on 5-fold CV logistic-regression
+  probabilities (the outlier-rejection binary's baseline)."""
+  from cleanlab.filter import find_label_issues
+  from sklearn.linear_model import LogisticRegression
+  from sklearn.model_selection import cross_val_predict
+  probs = cross_val_predict(LogisticRegression(max_iter=config.logistic_max_iter,
+                                               C=config.logistic_c),
+                            feats, noisy, cv=5, method="predict_proba")
+  return find_label_issues(noisy, probs, n_jobs=1)
+
+
 def validate(config) -> None:
   common.check_common(config)
   if not config.settings:
@@ -39,6 +52,7 @@ def validate(config) -> None:
     raise ConfigError(f"noise_rates must be numbers in (0, 1), got {tuple(config.noise_rates)}.")
   common.check_int(config, "seeds", 1)
   common.check_choice(config, "backbone", ("efficientnet_lite0", "pixels"))
+  common.check_int(config, "cleanlab_max_n", 0)
 
 
 def _setting_config(config, dataset, max_train):
@@ -78,19 +92,23 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
         loo = np.asarray(diva_jax.loo_predictions(ones, t, features=feats, reg=reg))
         k = diva_jax.estimate_num_issues(_softmax(loo, c.temperature), noisy)
         f1 = lambda mask: diva_jax.detection_metrics(mask - 0.5, flipped).f1
+        cleanlab = (f1(_cleanlab_cv_issues(feats, noisy, c))
+                    if n <= config.cleanlab_max_n and np.bincount(noisy).min() >= 5 else None)
         rows.append({
             "dataset": dataset, "n": n, "noise_rate": float(rate), "seed": seed,
             "noisy": int(flipped.sum()), "estimated": k, "sign_flagged": int((d > 0).sum()),
             "f1_sign": f1(d > 0),
             "f1_auto": f1(diva_jax.detect_detrimental(d, num_flagged=k)),
             "f1_oracle_k": f1(diva_jax.detect_detrimental(d, num_flagged=int(flipped.sum()))),
+            "f1_cleanlab_cv": cleanlab,
         })
   wd.write_json("results.json", rows)
   cells = {}
   for r in rows:
     cells.setdefault((r["dataset"], r["n"], r["noise_rate"]), []).append(r)
   summary = {"dataset": [], "n": [], "noise_rate": [], "noisy": [], "estimated": []}
-  for key in ("f1_sign", "f1_auto", "f1_oracle_k"):
+  keys = ("f1_sign", "f1_auto", "f1_oracle_k", "f1_cleanlab_cv")
+  for key in keys:
     summary[f"{key}_mean"], summary[f"{key}_std"] = [], []
   for (dataset, n, rate), rs in cells.items():
     summary["dataset"].append(dataset)
@@ -98,15 +116,17 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
     summary["noise_rate"].append(rate)
     summary["noisy"].append(float(np.mean([r["noisy"] for r in rs])))
     summary["estimated"].append(float(np.mean([r["estimated"] for r in rs])))
-    for key in ("f1_sign", "f1_auto", "f1_oracle_k"):
-      summary[f"{key}_mean"].append(float(np.mean([r[key] for r in rs])))
-      summary[f"{key}_std"].append(float(np.std([r[key] for r in rs])))
+    for key in keys:
+      vals = [r[key] for r in rs if r[key] is not None]
+      summary[f"{key}_mean"].append(float(np.mean(vals)) if vals else float("nan"))
+      summary[f"{key}_std"].append(float(np.std(vals)) if vals else float("nan"))
   wd.write_csv("summary.csv", summary)
   if common.is_main_process():
-    print("dataset n noise | noisy estimated | F1 sign | F1 auto | F1 oracle-k")
+    print("dataset n noise | noisy estimated | F1 sign | F1 auto | F1 oracle-k | "
+          "F1 cleanlab-CV")
     for i in range(len(summary["dataset"])):
       print(f"{summary['dataset'][i]} {summary['n'][i]} {summary['noise_rate'][i]:.0%} | "
             f"{summary['noisy'][i]:.0f} {summary['estimated'][i]:.0f} | " + " | ".join(
                 f"{summary[k + '_mean'][i]:.3f} +- {summary[k + '_std'][i]:.3f}"
-                for k in ("f1_sign", "f1_auto", "f1_oracle_k")))
+                for k in keys))
   return {"runs": rows, "summary": summary}
