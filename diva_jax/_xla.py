@@ -76,8 +76,11 @@ def _dual(weights, targets, x, reg, mask, temperature, loss, with_grad, form):
       jnp, fitted, one_minus_h, s_diag, weights, targets, mask, temperature, loss, with_grad,
       apply_s, lambda w: cf.dot(s * s, w))
   min_omh = jnp.min(jnp.where(weights > 0, one_minus_h, 1.0))
-  scale = jnp.max(jnp.abs(jnp.diagonal(kernel)))
-  return value, grad, jnp.finfo(x.dtype).eps * (1.0 + n * scale / reg) / min_omh
+  # kappa(M) <= 1 + ||A^1/2 K A^1/2||_2 / reg, and the spectral norm is at most the infinity
+  # norm max_i sum_j sqrt(a_i) |K_ij| sqrt(a_j) (symmetric matrix).
+  sa = jnp.sqrt(jnp.maximum(weights, 0.0))
+  norm = jnp.max(sa * cf.dot(jnp.abs(kernel), sa))
+  return value, grad, jnp.finfo(x.dtype).eps * (1.0 + norm / reg) / min_omh
 
 
 def _run(args, form, loss, with_grad):

@@ -84,14 +84,19 @@ def _cvjp_bwd(form, loss, backend, res, ct):
     out[0] = ct * grad_w
   others = [i for i in range(1, 6) if perturbed[i]]
   if others:
+    # float32 inputs: autodiff through the reference form in float64 where available (the
+    # dual forms keep no digit in float32 at small reg), cotangents cast back.
+    up = (vals[2].dtype == jnp.float32 and jax.config.jax_enable_x64)
+    cast = (lambda a: jnp.asarray(a, jnp.float64)) if up else (lambda a: a)
+
     def f(*xs):
-      full = list(vals)
+      full = [cast(v) for v in vals]
       for i, xi in zip(others, xs):
         full[i] = xi
       return cf.loo_loss_impl(*full, form, loss)
-    _, vjp = jax.vjp(f, *(vals[i] for i in others))
-    for i, c in zip(others, vjp(ct)):
-      out[i] = c
+    _, vjp = jax.vjp(f, *(cast(vals[i]) for i in others))
+    for i, c in zip(others, vjp(cast(ct))):
+      out[i] = c.astype(vals[i].dtype)
   return tuple(out)
 
 

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diva_jax import _checks
+from diva_jax import _host
 from diva_jax import _stream_host
 from diva_jax import _stream_xla
 from diva_jax import backend as _backend
@@ -166,6 +167,16 @@ def _host_driver(p: _Problem, reg, loss, temperature, with_preds, tick):
       preds_all[sl] = p_b
     tick(2, stop)
   del scratch
+  if dtype == np.float32:  # the in-memory primal's float32 bound (diva_jax._host.F32_TOL)
+    diag = np.abs(np.diagonal(chol)).astype(np.float64)
+    pos = p.w > 0
+    min_omh = float(np.min(1.0 - p.w[pos] * s_all[pos])) if pos.any() else 1.0
+    bound = np.finfo(np.float32).eps * (diag.max() / diag.min()) ** 2 / max(min_omh, 1e-30)
+    if not bound <= _host.F32_TOL:
+      raise ValueError(
+          f"float32 is not accurate enough for this streamed problem at reg = {reg:.3g} "
+          f"(eps * kappa / min(1 - h) = {bound:.2g} > {_host.F32_TOL:g}): pass dtype=np.float64 "
+          "or a larger reg.")
   q, v = _stream_host.stream_grad_stage(c_inv, m_acc, ztg)  # Q's triangle, diagonal halved
   deriv = np.empty(n, dtype)
   for start, stop in _blocks(n, p.block_size):
@@ -251,7 +262,9 @@ def streamed_loo_loss_and_derivative(
     reg: ridge strength > 0.
     loss, eval_mask, temperature: as in `diva_jax.loo_loss`.
     block_size: rows per block (rounded up to a multiple of the mesh size with `mesh`).
-    dtype: compute dtype (default: the source's floating dtype, else float32).
+    dtype: compute dtype (default: the source's floating dtype, else float32). In float32
+      the host passes check the in-memory primal's accuracy bound and raise (asking for
+      float64) when it fails; the XLA passes do not check it.
     mesh: optional mesh; each block's rows are sharded over `data_axis` and the Gram-type
       products are reduced across its devices (jit + NamedSharding; XLA backend).
     backend: "auto" (host BLAS on a CPU default backend without a mesh, else XLA), "host"

@@ -214,3 +214,30 @@ def test_tfds_name_source(tmp_path):
   assert metrics["samples"] == 300 and metrics["classes"] == 10
   rows = _issues(wd)
   assert len(rows) == 300 and rows[0]["path"] == ""
+
+
+def test_rerun_after_fixing_labels_recomputes_the_scores(planted, tmp_path):
+  """Same config and workdir, labels fixed in the CSV in place: the scores stage is keyed by
+  the data too, so the rerun scores the new labels instead of reusing the old scores."""
+  root, csv_path, _, _, _ = planted
+  src = tmp_path / "labels.csv"
+  with open(csv_path, newline="") as f:
+    rows = list(csv.reader(f))
+  rows = [rows[0]] + [[os.path.join(root, r[0]), r[1], r[2]] for r in rows[1:]]
+  with open(src, "w", newline="") as f:
+    csv.writer(f).writerows(rows)
+  wd = str(tmp_path / "rerun")
+  curate.run(_config(str(src)), wd)
+  before = {r["id"]: r for r in _issues(wd)}
+  worst = max(before.values(), key=lambda r: float(r["derivative"]))
+  for r in rows[1:]:  # accept the suggestion for the most harmful sample
+    if r[2] == worst["id"]:
+      r[1] = worst["suggested_label"]
+  with open(src, "w", newline="") as f:
+    csv.writer(f).writerows(rows)
+  curate.run(_config(str(src)), wd)
+  after = {r["id"]: r for r in _issues(wd)}
+  assert after[worst["id"]]["given_label"] == worst["suggested_label"]
+  assert float(after[worst["id"]]["derivative"]) < float(worst["derivative"])
+  stages = os.listdir(os.path.join(wd, "stages"))
+  assert len([s for s in stages if s.startswith("scores-")]) == 2

@@ -125,3 +125,18 @@ def test_streamed_nonfinite_features_are_caught_in_every_pass():
   big = (z * 1e20).astype(np.float32)
   with pytest.raises(ValueError, match="overflows float32"):
     streaming.streamed_loo_loss_and_derivative(a, y, features=big, reg=1.0, block_size=16)
+
+
+def test_streamed_float32_refuses_an_inaccurate_problem():
+  """A nearly singular Gram matrix at a tiny reg: float32 streamed passes raise (asking for
+  float64) instead of returning a wrong derivative; float64 computes it."""
+  rng = np.random.default_rng(5)
+  base = rng.normal(size=(400, 3))
+  z = np.concatenate([base, base @ rng.normal(size=(3, 9)) + 1e-2 * rng.normal(size=(400, 9))], 1)
+  y = np.eye(3)[rng.integers(0, 3, 400)]
+  a = np.ones(400)
+  with pytest.raises(ValueError, match="float32 is not accurate enough"):
+    streaming.streamed_loo_loss_and_derivative(a, y, features=z.astype(np.float32), reg=1e-3,
+                                               block_size=128)
+  r64 = streaming.streamed_loo_loss_and_derivative(a, y, features=z, reg=1e-3, block_size=128)
+  assert np.all(np.isfinite(r64.derivative))

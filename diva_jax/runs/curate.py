@@ -238,7 +238,10 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
             "reg": np.float64(reg), "detection_reg": np.float64(det_reg),
             "seconds": np.float64(time.perf_counter() - t0)}
 
-  scored = wd.stage_arrays("scores", score)
+  # The stage is keyed by the data too (a rerun after fixing labels must not reuse scores).
+  fingerprint = hashlib.sha256(np.ascontiguousarray(samples.labels).tobytes()
+                               + np.ascontiguousarray(feats).tobytes()).hexdigest()[:16]
+  scored = wd.stage_arrays(f"scores-{fingerprint}", score)
   timings["score_seconds"] = float(scored["seconds"])
   deriv, loo = scored["derivative"], scored["loo"]
   probs = _softmax(loo, config.temperature)

@@ -92,8 +92,11 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
         loo = np.asarray(diva_jax.loo_predictions(ones, t, features=feats, reg=reg))
         k = diva_jax.estimate_num_issues(_softmax(loo, c.temperature), noisy)
         f1 = lambda mask: diva_jax.detection_metrics(mask - 0.5, flipped).f1
+        if not flipped.any():  # nothing to detect at this rate and n
+          continue
+        counts = np.bincount(noisy)
         cleanlab = (f1(_cleanlab_cv_issues(feats, noisy, c))
-                    if n <= config.cleanlab_max_n and np.bincount(noisy).min() >= 5 else None)
+                    if n <= config.cleanlab_max_n and counts[counts > 0].min() >= 5 else None)
         rows.append({
             "dataset": dataset, "n": n, "noise_rate": float(rate), "seed": seed,
             "noisy": int(flipped.sum()), "estimated": k, "sign_flagged": int((d > 0).sum()),
