@@ -12,6 +12,7 @@ report.html, metrics.json (see diva_jax/runs/curate.py).
 
 import ml_collections
 
+from diva_jax.runs import variants
 from diva_jax.runs.variants import apply_variants
 
 
@@ -45,8 +46,4 @@ def _runlocal(c):
   c.max_images, c.image_size = 1000, 64
 
 
-def _pixels(c):
-  c.backbone = "pixels"
-
-
-VARIANTS = {"runlocal": _runlocal, "pixels": _pixels}
+VARIANTS = {"runlocal": _runlocal, "pixels": variants.pixels}

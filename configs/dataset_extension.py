@@ -14,6 +14,7 @@ Variants (comma-separated, they combine): `:runlocal`, `:digits`, `:pixels`, `:j
 
 import ml_collections
 
+from diva_jax.runs import variants
 from diva_jax.runs.variants import apply_variants
 
 
@@ -49,19 +50,8 @@ def _runlocal(c):
   c.core_size, c.budgets, c.k, c.uniform_repeats = 50, (25, 50, 100, 200), 10, 2
 
 
-def _digits(c):  # scikit-learn's 8x8 digits: 1,438 train images
-  c.dataset = "digits"
-
-
-def _jacobian(c):  # also linearise the backbone's last 1x1 conv + batch-norm
-  c.linearize = "last_layer+jacobian"
-
-
-def _pixels(c):
-  c.backbone = "pixels"
-
-
-VARIANTS = {"runlocal": _runlocal, "digits": _digits, "jacobian": _jacobian, "pixels": _pixels}
+VARIANTS = {"runlocal": _runlocal, "digits": variants.digits, "jacobian": variants.jacobian,
+            "pixels": variants.pixels}
 
 
 def get_hyper(hyper):

@@ -19,6 +19,7 @@ reweighting steps, 6.20% after removing the flagged samples (removing exactly th
 
 import ml_collections
 
+from diva_jax.runs import variants
 from diva_jax.runs.variants import apply_variants
 
 
@@ -62,19 +63,8 @@ def _runlocal(c):
   c.sensitivity_reg_multipliers = (0.1, 1.0, 10.0)
 
 
-def _digits(c):
-  c.dataset = "digits"
-
-
-def _jacobian(c):  # also linearise the backbone's last 1x1 conv + batch-norm
-  c.linearize = "last_layer+jacobian"
-
-
-def _pixels(c):
-  c.backbone = "pixels"
-
-
-VARIANTS = {"runlocal": _runlocal, "digits": _digits, "jacobian": _jacobian, "pixels": _pixels}
+VARIANTS = {"runlocal": _runlocal, "digits": variants.digits, "jacobian": variants.jacobian,
+            "pixels": variants.pixels}
 
 
 def get_hyper(hyper):

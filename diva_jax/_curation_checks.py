@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diva_jax import closed_form as _cf
+from diva_jax import _checks
 
 __all__ = ["check_int", "check_real", "check_reg", "check_loss", "check_array", "check_mask",
            "check_data", "float_dtype", "check_weights", "check_groups"]
@@ -43,14 +43,13 @@ def check_real(name: str, value, *, positive: bool = False) -> float:
 
 
 def check_reg(reg) -> None:
-  """Concrete reg: a finite real scalar > 0 (not bool or str). Traced reg: left to the core."""
-  check_real("reg", reg, positive=True)
+  """The core's reg check (`diva_jax._checks.check_reg`): a real scalar, if concrete > 0."""
+  _checks.check_reg(reg)
 
 
 def check_loss(loss, temperature) -> None:
-  if not isinstance(loss, str) or loss not in _cf.LOSSES:
-    raise ValueError(f"loss must be one of {_cf.LOSSES}, got {loss!r}.")
-  check_real("temperature", temperature, positive=True)
+  """The core's loss and temperature checks (`diva_jax._checks.check_loss_args`)."""
+  _checks.check_loss_args(loss, temperature)
 
 
 def check_array(name: str, x, shape_doc: str, ndim: int, *, finite: bool = True,

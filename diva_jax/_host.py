@@ -27,7 +27,7 @@ from scipy.linalg import lapack as _lapack
 
 from diva_jax import closed_form as cf
 
-F32_TOL = 1e-3  # as diva_jax._xla.F32_TOL
+F32_TOL = cf.F32_TOL
 
 
 def _fortran(a):

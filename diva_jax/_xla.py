@@ -23,9 +23,7 @@ from diva_jax import closed_form as cf
 
 __all__ = ["value_and_grad", "F32_TOL"]
 
-# Largest accepted eps32 * kappa / min(1 - h) for a float32 result (about 3 digits kept in
-# the leverages' complements; tested against float64 over select_reg's grid).
-F32_TOL = 1e-3
+F32_TOL = cf.F32_TOL
 
 
 def _x64() -> bool:

@@ -27,7 +27,7 @@ from diva_jax import _host
 from diva_jax import _xla
 
 __all__ = ["BACKENDS", "check_backend", "use_host", "value_and_grad_eager",
-           "value_and_grad_traced"]
+           "value_and_grad_traced", "in_float64", "call_eager_x64"]
 
 BACKENDS = ("auto", "host", "xla")
 
@@ -96,3 +96,24 @@ def value_and_grad_traced(weights, targets, x, reg, mask, temperature, form, los
     return run_host(*args)
   # The host dual takes sqrt(a): weights < 0 (only under a user's jit) take the XLA form.
   return lax.cond(jnp.all(weights >= 0), lambda: run_host(*args), lambda: xla(*args))
+
+
+def in_float64(fn):
+  """`fn(*args)` computed in float64 when args[2] (features / kernel) is float32 and float64
+  is available at trace time, its outputs cast back to float32."""
+  def wrapped(*args, **kw):
+    dtype = args[2].dtype
+    if dtype != jnp.float32 or not jax.config.jax_enable_x64:
+      return fn(*args, **kw)
+    out = fn(*(jnp.asarray(a, jnp.float64) for a in args), **kw)
+    return jax.tree_util.tree_map(lambda o: o.astype(dtype), out)
+  return wrapped
+
+
+def call_eager_x64(jitted, args, **kw):
+  """`jitted(*args, **kw)`, traced under `jax.enable_x64` when every arg is concrete (an eager
+  call), so float32 inputs get their float64 computation even with x64 disabled."""
+  if all(not isinstance(a, jax.core.Tracer) for a in args):
+    with jax.enable_x64(True):
+      return jitted(*args, **kw)
+  return jitted(*args, **kw)

@@ -35,10 +35,15 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["LOSSES", "reference_loo_loss", "loss_and_grad", "sample_terms", "gradient",
+__all__ = ["LOSSES", "F32_TOL", "reference_loo_loss", "loss_and_grad", "sample_terms", "gradient",
            "value_and_grad_tail"]
 
 LOSSES = ("mse", "ce")
+
+# Largest accepted eps32 * kappa / min(1 - h) for a float32 primal result (about 3 digits kept
+# in the leverages' complements; tested against float64 over select_reg's grid). Every
+# backend and the streamed passes use this one bound.
+F32_TOL = 1e-3
 
 dot = functools.partial(jnp.matmul, precision=lax.Precision.HIGHEST)
 

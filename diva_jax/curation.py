@@ -38,7 +38,7 @@ from diva_jax.detection import DetectionMetrics  # re-exported: curation's publi
 from diva_jax.detection import auroc
 from diva_jax.detection import detect_detrimental
 from diva_jax.detection import detection_metrics
-from diva_jax.detection import estimate_num_issues
+from diva_jax.detection import estimate_num_issues  # noqa: F401  (re-exported)
 
 __all__ = [
     "DetectionMetrics",

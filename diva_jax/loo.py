@@ -110,36 +110,35 @@ _loo_value_and_grad_jit = jax.jit(
     static_argnames=_STATIC)
 
 
-def _predictions(weights, targets, x, reg, form):
-  dtype = x.dtype
-  if dtype == jnp.float32 and jax.config.jax_enable_x64:  # float32 in, computed in float64
-    up = lambda a: jnp.asarray(a, jnp.float64)
-    return cf.loo_predictions_impl(up(weights), up(targets), up(x), up(reg),
-                                   form).astype(dtype)
-  return cf.loo_predictions_impl(weights, targets, x, reg, form)
+# float32 inputs computed in float64 where available (eagerly, or under x64).
+_loo_predictions_jit = jax.jit(_backend.in_float64(cf.loo_predictions_impl),
+                               static_argnames=("form",))
 
 
-_loo_predictions_jit = jax.jit(_predictions, static_argnames=("form",))
+def _validate(weights, targets, features, kernel, reg, eval_mask, loss, temperature) -> int:
+  """The boundary checks of every LOO function; returns n."""
+  _checks.check_loss_args(loss, temperature, targets)
+  return _checks.check_ridge_inputs(weights, targets, features, kernel, reg, eval_mask)
+
+
+def _form(features, kernel, n: int) -> str:
+  """"primal" (features, d <= n), "gram_dual" (features, d > n) or "dual" (kernel)."""
+  if features is None:
+    return "dual"
+  return "gram_dual" if np.shape(features)[1] > n else "primal"
 
 
 def prepare(weights, targets, features, kernel, reg, eval_mask=None, loss="mse",
             temperature=1.0, checked=False):
-  """Validates (unless `checked`), casts to one float dtype and picks the form: "primal"
-  (features, d <= n), "gram_dual" (features, d > n) or "dual" (kernel)."""
-  if checked:
-    n = np.shape(weights)[0]
-  else:
-    _checks.check_loss_args(loss, temperature, targets)
-    n = _checks.check_ridge_inputs(weights, targets, features, kernel, reg, eval_mask)
+  """Validates (unless `checked`), casts to one float dtype (jax.Arrays) and picks the form."""
+  n = np.shape(weights)[0] if checked else _validate(
+      weights, targets, features, kernel, reg, eval_mask, loss, temperature)
   dtype = _checks.float_dtype(features if features is not None else kernel, targets)
   cast = lambda a: jnp.asarray(a, dtype)
-  if features is not None:
-    x = cast(features)
-    form = "gram_dual" if x.shape[1] > n else "primal"
-  else:
-    x, form = cast(kernel), "dual"
+  x = cast(features if features is not None else kernel)
   mask = jnp.ones((n,), dtype) if eval_mask is None else jnp.asarray(eval_mask).astype(dtype)
-  return (cast(weights), cast(targets), x, cast(reg), mask, cast(temperature)), form
+  return ((cast(weights), cast(targets), x, cast(reg), mask, cast(temperature)),
+          _form(features, kernel, n))
 
 
 def _concrete(*arrays) -> bool:
@@ -174,11 +173,7 @@ def loo_predictions(weights: jax.Array, targets: jax.Array, *,
       fails (NaN) because reg is too small for the conditioning in this dtype.
   """
   (w, y, x, r, _, _), form = prepare(weights, targets, features, kernel, reg)
-  if _concrete(w, y, x, r):
-    with jax.enable_x64(True):  # float32 dual forms compute in float64
-      out = _loo_predictions_jit(w, y, x, r, form=form)
-  else:
-    out = _loo_predictions_jit(w, y, x, r, form=form)
+  out = _backend.call_eager_x64(_loo_predictions_jit, (w, y, x, r), form=form)
   return _checks.raise_if_nonfinite(out, reg, "leave-one-out prediction")
 
 
@@ -186,7 +181,7 @@ def _loss_call(weights, targets, features, kernel, reg, eval_mask, loss, tempera
                with_grad, backend):
   """Validates, then the host backend on concrete CPU inputs, or the jitted path."""
   _backend.check_backend(backend)
-  args, form = prepare(weights, targets, features, kernel, reg, eval_mask, loss, temperature)
+  n = _validate(weights, targets, features, kernel, reg, eval_mask, loss, temperature)
   what = "dataset derivative" if with_grad else "leave-one-out loss"
   x = features if features is not None else kernel
   raw = (weights, targets, x, reg, eval_mask, temperature)
@@ -195,18 +190,16 @@ def _loss_call(weights, targets, features, kernel, reg, eval_mask, loss, tempera
                        on_cpu=concrete and _backend.on_cpu(*raw)):
     # Directly on the caller's buffers: `jax.pure_callback` would device_put its operands
     # first (0.3-0.5 s per 200 MB here).
-    n = np.shape(weights)[0]
     mask = np.ones(n) if eval_mask is None else eval_mask
     value, grad = _backend.value_and_grad_eager(weights, targets, x, reg, mask, temperature,
-                                                form, loss, with_grad)
+                                                _form(features, kernel, n), loss, with_grad)
     out = LooResult(jnp.asarray(value), jnp.asarray(grad)) if with_grad else jnp.asarray(value)
     return _checks.raise_if_nonfinite(out, reg, what)
+  args, form = prepare(weights, targets, features, kernel, reg, eval_mask, loss, temperature,
+                       checked=True)
   jitted = _loo_value_and_grad_jit if with_grad else _loo_loss_jit
-  if concrete:
-    with jax.enable_x64(True):  # float32 results are guarded by float64 recomputation
-      out = jitted(*args, form=form, loss=loss, backend=backend)
-  else:
-    out = jitted(*args, form=form, loss=loss, backend=backend)
+  # Eager calls trace under x64: float32 results are guarded by float64 recomputation.
+  out = _backend.call_eager_x64(jitted, args, form=form, loss=loss, backend=backend)
   return _checks.raise_if_nonfinite(out, reg, what)
 
 

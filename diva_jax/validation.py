@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from diva_jax import _checks
+from diva_jax import backend as _backend
 from diva_jax import closed_form as cf
 from diva_jax.loo import prepare as _prepare
 
@@ -43,27 +44,9 @@ def _validation_loss_impl(weights, targets, x, reg, x_test, val_targets, tempera
   return jnp.mean(per)
 
 
-def _in_f64(fn):
-  """fn computed in float64 for float32 inputs (under jax.enable_x64), cast back."""
-  def wrapped(*args, **kw):
-    dtype = args[2].dtype
-    if dtype != jnp.float32 or not jax.config.jax_enable_x64:
-      return fn(*args, **kw)
-    out = fn(*(jnp.asarray(a, jnp.float64) for a in args), **kw)
-    return jax.tree_util.tree_map(lambda o: o.astype(dtype), out)
-  return wrapped
-
-
-_ridge_predict_jit = jax.jit(_in_f64(_ridge_predict_impl), static_argnames=("form",))
-_validation_vg_jit = jax.jit(
-    _in_f64(jax.value_and_grad(_validation_loss_impl)), static_argnames=("form", "loss"))
-
-
-def _call(jitted, args, **kw):
-  if all(_checks.is_concrete(a) for a in args):
-    with jax.enable_x64(True):
-      return jitted(*args, **kw)
-  return jitted(*args, **kw)
+_ridge_predict_jit = jax.jit(_backend.in_float64(_ridge_predict_impl), static_argnames=("form",))
+_validation_vg_jit = jax.jit(_backend.in_float64(jax.value_and_grad(_validation_loss_impl)),
+                             static_argnames=("form", "loss"))
 
 
 def _prepare_test(weights, targets, features, kernel, reg, test_features, cross_kernel,
@@ -103,7 +86,7 @@ def ridge_predict(weights: jax.Array, targets: jax.Array, *,
   """
   args, form = _prepare_test(weights, targets, features, kernel, reg, test_features,
                              cross_kernel, "test")
-  out = _call(_ridge_predict_jit, args, form=form)
+  out = _backend.call_eager_x64(_ridge_predict_jit, args, form=form)
   return _checks.raise_if_nonfinite(out, reg, "ridge prediction")
 
 
@@ -118,7 +101,7 @@ def _validation(weights, targets, val_targets, features, val_features, kernel, c
                      f"shape {tuple(jnp.shape(val_targets))}.")
   _checks.check_finite("val_targets", val_targets)
   dtype = args[2].dtype
-  out = _call(_validation_vg_jit, (*args, jnp.asarray(val_targets, dtype),
+  out = _backend.call_eager_x64(_validation_vg_jit, (*args, jnp.asarray(val_targets, dtype),
                                      jnp.asarray(temperature, dtype)), form=form, loss=loss)
   return _checks.raise_if_nonfinite(out, reg, "validation loss")
 

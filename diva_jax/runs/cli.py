@@ -62,8 +62,8 @@ def parse_flags(argv):
 def define_and_run(default_config: str, run_fn) -> None:
   """Defines --config/--workdir/--overwrite/--distributed and runs `run_fn`.
 
-  `default_config` should be an absolute path (see `configs.path`), so the binaries find
-  their config from any working directory.
+  `default_config` should be an absolute path (the binaries compute it from `__file__`), so
+  they find their config from any working directory.
   """
   config = config_flags.DEFINE_config_file(
       "config", default_config, "Config file, optionally with comma-separated variants: "

@@ -43,6 +43,8 @@ __all__ = [
     "choose_reg",
     "test_error",
     "noisy_labels",
+    "softmax",
+    "one_hot",
 ]
 
 
@@ -59,7 +61,6 @@ from diva_jax.runs.workdir import _jsonable  # noqa: E402,F401
 from diva_jax.runs.workdir import is_main_process  # noqa: E402,F401
 from diva_jax.runs.workdir import remove_outputs  # noqa: E402,F401
 from diva_jax.runs.workdir import to_json  # noqa: E402,F401
-
 
 
 class progress_bar:
@@ -240,6 +241,14 @@ def test_error(weights, targets, features, reg, test_features, test_labels) -> f
   pred = diva_jax.ridge_predict(weights, targets, features=features, reg=reg,
                                 test_features=test_features)
   return float(np.mean(np.argmax(np.asarray(pred), 1) != test_labels))
+
+
+def softmax(x, temperature):
+  """Row-wise softmax(x / temperature) in float64 (LOO predictions -> class probabilities)."""
+  z = np.asarray(x, np.float64) / temperature
+  z = z - z.max(1, keepdims=True)
+  p = np.exp(z)
+  return p / p.sum(1, keepdims=True)
 
 
 def one_hot(labels, num_classes):

@@ -155,13 +155,6 @@ def _tfds_config(config):
   return ml_collections.ConfigDict({"dataset": config.source, "data_dir": config.data_dir})
 
 
-def _softmax(x, temperature):
-  z = np.asarray(x, np.float64) / temperature
-  z -= z.max(1, keepdims=True)
-  p = np.exp(z)
-  return p / p.sum(1, keepdims=True)
-
-
 def _check_classes(s: _Samples) -> None:
   present = np.unique(s.labels)
   if len(present) < 2:
@@ -244,7 +237,7 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
   scored = wd.stage_arrays(f"scores-{fingerprint}", score)
   timings["score_seconds"] = float(scored["seconds"])
   deriv, loo = scored["derivative"], scored["loo"]
-  probs = _softmax(loo, config.temperature)
+  probs = common.softmax(loo, config.temperature)
   suggested = np.argmax(loo, 1)
   prob_given = probs[np.arange(n), samples.labels]
   num_issues = diva_jax.estimate_num_issues(probs, samples.labels)

@@ -53,13 +53,6 @@ def validate(config) -> None:
     common.check_float(config, "sensitivity_reg_multipliers", low=0.0, low_open=True, value=m)
 
 
-def _softmax(x, temperature):
-  z = np.asarray(x, np.float64) / temperature
-  z = z - z.max(1, keepdims=True)
-  e = np.exp(z)
-  return e / e.sum(1, keepdims=True)
-
-
 def _baselines(config, feats, targets, noisy, flipped, reg, num_classes):
   """Detection metrics and wall times of the peer methods, on the same features."""
   from cleanlab.filter import find_label_issues
@@ -71,7 +64,7 @@ def _baselines(config, feats, targets, noisy, flipped, reg, num_classes):
   loo = np.asarray(diva_jax.loo_predictions(np.ones(n, np.float32), targets, features=feats,
                                             reg=reg))
   t_loo = time.perf_counter() - start
-  probs = _softmax(loo, config.temperature)
+  probs = common.softmax(loo, config.temperature)
 
   def cleanlab_exact_loo():
     start = time.perf_counter()
@@ -162,7 +155,7 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
     # The automatic threshold: how many labels look wrong, from the exact LOO probabilities
     # at the fit's reg (calibrated confident joint); no noise mask involved.
     loo = diva_jax.loo_predictions(ones, targets, features=x, reg=reg)
-    num_issues = curation.estimate_num_issues(_softmax(loo, config.temperature), noisy)
+    num_issues = curation.estimate_num_issues(common.softmax(loo, config.temperature), noisy)
     return {"reg": reg, "reg_seconds": t_reg, "loo_loss": float(value), "derivative": deriv,
             "seconds": seconds, "num_issues_estimate": num_issues}
 

@@ -20,13 +20,6 @@ from diva_jax.runs import common
 from diva_jax.runs.errors import ConfigError
 
 
-def _softmax(x, temperature):
-  z = np.asarray(x, np.float64) / temperature
-  z -= z.max(1, keepdims=True)
-  p = np.exp(z)
-  return p / p.sum(1, keepdims=True)
-
-
 def _cleanlab_cv_issues(feats, noisy, config):
   """cleanlab's usual recipe: find_label_issues on 5-fold CV logistic-regression
   probabilities (the outlier-rejection binary's baseline)."""
@@ -90,7 +83,7 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
             ones, t, features=feats, reg=reg * c.detection_reg_multiplier, loss=c.loss,
             temperature=c.temperature))
         loo = np.asarray(diva_jax.loo_predictions(ones, t, features=feats, reg=reg))
-        k = diva_jax.estimate_num_issues(_softmax(loo, c.temperature), noisy)
+        k = diva_jax.estimate_num_issues(common.softmax(loo, c.temperature), noisy)
         f1 = lambda mask: diva_jax.detection_metrics(mask - 0.5, flipped).f1
         if not flipped.any():  # nothing to detect at this rate and n
           continue

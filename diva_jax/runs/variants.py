@@ -17,3 +17,21 @@ def apply_variants(config, arg, variants: Mapping[str, Callable[[object], None]]
   for name in names:
     variants[name](config)
   return config
+
+
+# Variants several binaries share (a config that needs another meaning defines its own).
+
+
+def digits(config) -> None:
+  """scikit-learn's 8x8 digits (1,438 train images) instead of the default dataset."""
+  config.dataset = "digits"
+
+
+def pixels(config) -> None:
+  """Raw pixels instead of a backbone."""
+  config.backbone = "pixels"
+
+
+def jacobian(config) -> None:
+  """Also linearise the backbone's last 1x1 conv + batch-norm (projected Jacobian features)."""
+  config.linearize = "last_layer+jacobian"
