@@ -241,3 +241,27 @@ def test_rerun_after_fixing_labels_recomputes_the_scores(planted, tmp_path):
   assert float(after[worst["id"]]["derivative"]) < float(worst["derivative"])
   stages = os.listdir(os.path.join(wd, "stages"))
   assert len([s for s in stages if s.startswith("scores-")]) == 2
+
+
+def test_export_image_folder_then_curate(tmp_path):
+  """The README's recipe on a shipped dataset: export it as a class folder with planted
+  noise, curate it, score against the planted list."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "_export", os.path.join(REPO, "experiments", "export_image_folder.py"))
+  export = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(export)
+  out = str(tmp_path / "digits_folder")
+  res = export.export("digits", out, 0.2, 0)
+  assert res["images"] == 1797 and len(res["flipped"]) > 0
+  with open(out + ".planted_noise.json") as f:
+    assert json.load(f)["flipped"] == res["flipped"]
+  with pytest.raises(ValueError, match="exists"):
+    export.export("digits", out, 0.2, 0)
+  wd = str(tmp_path / "wd")
+  metrics = curate.run(_config(out, image_size=8), wd)
+  assert metrics["samples"] == 1797 and metrics["skipped_files"] == 0
+  planted = set(res["flipped"])
+  rows = _issues(wd)
+  score = np.asarray([float(r["derivative"]) for r in rows])
+  assert diva_jax.auroc(score, np.asarray([r["id"] in planted for r in rows])) > 0.95
