@@ -27,8 +27,12 @@ __all__ = [
 
 
 def is_concrete(x: Any) -> bool:
-  """True when `x` holds values (not a tracer inside jit/vmap/grad)."""
-  return not isinstance(x, jax.core.Tracer)
+  """True when `x` holds values this process can read: not a tracer inside jit/vmap/grad,
+  nor a global array with rows on other processes' devices (value checks are skipped for
+  both, as under jit; `diva_jax.distributed` checks the host rows before placing them)."""
+  if isinstance(x, jax.core.Tracer):
+    return False
+  return not (isinstance(x, jax.Array) and not x.is_fully_addressable)
 
 
 def _shape(x) -> tuple[int, ...]:

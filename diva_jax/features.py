@@ -14,8 +14,9 @@ import json
 import os
 import re
 import zipfile
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
+import jax
 import numpy as np
 
 from diva_jax import io_utils
@@ -32,7 +33,8 @@ class FeatureCacheError(ValueError):
 
 
 def extract_features(backbone: Backbone, images: np.ndarray, *, batch_size: int = 64,
-                     progress: ProgressFn | None = None) -> np.ndarray:
+                     progress: ProgressFn | None = None,
+                     devices: Sequence[Any] | None = None) -> np.ndarray:
   """Runs ``backbone`` over uint8 images in fixed-size jitted batches.
 
   Each batch is preprocessed on device (greyscale -> RGB, resize to
@@ -44,6 +46,10 @@ def extract_features(backbone: Backbone, images: np.ndarray, *, batch_size: int 
     images: ``[n, h, w]`` or ``[n, h, w, 1 | 3]`` uint8.
     batch_size: images per jitted call.
     progress: called as ``progress(done, total)`` after each batch.
+    devices: split each batch over these devices (data parallel, ``NamedSharding``; the
+      batch size is rounded up to a multiple of their number). Default: the default device.
+      They must belong to this process (``diva_jax.distributed.sharded_features`` spreads
+      the rows of a dataset over the devices of every process).
 
   Returns:
     ``[n, backbone.feature_dim]`` float32 NumPy features.
@@ -57,6 +63,18 @@ def extract_features(backbone: Backbone, images: np.ndarray, *, batch_size: int 
   images = np.asarray(images)
   n = images.shape[0]
   out = np.empty((n, backbone.feature_dim), np.float32)
+  params, put = backbone.params, (lambda x: x)
+  if devices is not None and len(devices) > 1:
+    from jax.sharding import NamedSharding, PartitionSpec
+    from diva_jax import sharding
+    mesh = sharding.data_mesh(devices)
+    batch_size = -(-batch_size // len(devices)) * len(devices)
+    params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+    rows = NamedSharding(mesh, PartitionSpec("data"))
+    put = lambda x: jax.device_put(x, rows)
+  elif devices is not None and len(devices) == 1:
+    params = jax.device_put(params, devices[0])
+    put = lambda x: jax.device_put(x, devices[0])
   for start in range(0, n, batch_size):
     batch = images[start:start + batch_size]
     count = batch.shape[0]
@@ -64,7 +82,7 @@ def extract_features(backbone: Backbone, images: np.ndarray, *, batch_size: int 
       batch = np.concatenate([batch, np.zeros((batch_size - count, *batch.shape[1:]),
                                               batch.dtype)])
     feats = forward(backbone.apply_fn, backbone.preprocess, tuple(backbone.input_size),
-                         backbone.params, batch)
+                    params, put(batch))
     out[start:start + count] = np.asarray(feats)[:count]
     if progress is not None:
       progress(start + count, n)
@@ -174,11 +192,23 @@ class CachedFeatures(NamedTuple):
     reused: True if read from a valid cache; False if (re)computed and written.
     reason: why the cache was not reused (``""`` if it was): ``"missing"`` or the
       validation error.
+    rows_embedded_per_process: how many images each process ran through the backbone
+      (zeros on a cache hit).
   """
   features: np.ndarray
   path: str
   reused: bool
   reason: str
+  rows_embedded_per_process: tuple = (0,)
+
+
+def _try_read(path, key):
+  try:
+    return read_feature_cache(path, key), ""
+  except FileNotFoundError:
+    return None, "missing"
+  except FeatureCacheError as e:
+    return None, str(e)
 
 
 def cached_features(backbone: Backbone, images: np.ndarray, *, dataset: str, split: str,
@@ -186,27 +216,50 @@ def cached_features(backbone: Backbone, images: np.ndarray, *, dataset: str, spl
                     progress: ProgressFn | None = None) -> CachedFeatures:
   """Features from the on-disk cache when valid, else extracted and cached atomically.
 
+  Multi-process (``jax.distributed``; every process calls it with the same arguments): a
+  valid cache is read where each process sees it, else sent from process 0; otherwise
+  each process embeds only its share of the rows on its local devices
+  (``diva_jax.distributed.sharded_features``), the rows are gathered, process 0 writes the
+  cache and every other process writes its own copy only if it does not see that file
+  (hosts without a shared filesystem). The file does not depend on the number of
+  processes: a 1-process run reuses what a 2-process run cached, and the reverse.
+
   Args:
     backbone: the feature map.
     images: ``[n, h, w(, c)]`` uint8 images of ``dataset``/``split``.
     dataset: dataset name (cache key and file name).
     split: split name (cache key and file name).
     cache_dir: directory of cache files (created if missing).
-    batch_size: see :func:`extract_features`.
-    progress: see :func:`extract_features` (not called on a cache hit).
+    batch_size: see :func:`extract_features` (per process).
+    progress: see :func:`extract_features` (this process's rows; not called on a cache hit).
 
   Returns:
     :class:`CachedFeatures`.
   """
+  from diva_jax import distributed as dist
   check_images(images)
   key = feature_cache_key(backbone, images, dataset, split)
   path = feature_cache_path(cache_dir, backbone, dataset, split)
-  try:
-    return CachedFeatures(read_feature_cache(path, key), path, True, "")
-  except FileNotFoundError:
-    reason = "missing"
-  except FeatureCacheError as e:
-    reason = str(e)
-  features = extract_features(backbone, images, batch_size=batch_size, progress=progress)
-  write_feature_cache(path, features, key)
-  return CachedFeatures(features, path, False, reason)
+  features, reason = _try_read(path, key)
+  count = dist.process_count()
+  if count == 1 and features is not None:
+    return CachedFeatures(features, path, True, "", (0,))
+  if count > 1:
+    seen = dist.allgather_ints([features is not None])[:, 0]
+    if seen.all():
+      return CachedFeatures(features, path, True, "", (0,) * count)
+    if seen[0]:  # process 0 has it, some other process does not: send it
+      data = dist.broadcast_bytes(dist.save_npz_bytes({"features": features})
+                                  if dist.process_index() == 0 else None)
+      return CachedFeatures(dist.load_npz_bytes(data)["features"], path, True, "",
+                            (0,) * count)
+    reason = dist.broadcast_bytes(reason.encode()).decode()
+  res = dist.sharded_features(backbone, images, batch_size=batch_size, progress=progress)
+  if dist.process_index() == 0:
+    write_feature_cache(path, res.features, key)
+  if count > 1:
+    dist.barrier(f"feature cache {os.path.basename(path)}")
+    if dist.process_index() != 0 and not os.path.exists(path):
+      write_feature_cache(path, res.features, key)
+  return CachedFeatures(res.features, path, False, reason,
+                        tuple(res.rows_embedded_per_process))

@@ -4,7 +4,13 @@ r"""Sweep launcher: expands a config's get_hyper into runs.
   # same config; extra arguments after `--` go to every run):
   python -m experiments.sweep --config=configs/outlier_rejection.py:runlocal \
       --workdir=/tmp/diva/sweep
-  # print one command per run for all hosts of a TPU pod slice:
+  # the same sweep as P processes (here 2 on loopback; on a TPU pod slice: the same command
+  # on every host with --distributed): features extracted once over all devices, the points
+  # divided among the processes, one sweep.csv written by process 0:
+  python -m experiments.sweep --config=configs/outlier_rejection.py:runlocal \
+      --workdir=/tmp/diva/sweep --coordinator_address=127.0.0.1:12345 --num_processes=2 \
+      --process_id=0   # and --process_id=1 in a second process
+  # print one command per run for all hosts of a TPU pod slice (each run over the pod):
   python -m experiments.sweep --config=configs/outlier_rejection.py --workdir=/mnt/shared/sweep \
       --mode=pod --tpu_name=my-tpu --zone=us-central2-b
 """
@@ -26,6 +32,7 @@ _MODE = flags.DEFINE_enum("mode", "local", ["local", "print", "pod"],
 _BINARY = flags.DEFINE_string("binary", None, "Module to run (default experiments.<config name>).")
 _TPU = flags.DEFINE_string("tpu_name", "$TPU_NAME", "TPU VM name for --mode=pod.")
 _ZONE = flags.DEFINE_string("zone", "$ZONE", "TPU zone for --mode=pod.")
+_DIST = cli.define_distributed_flags()
 
 
 def main(argv):
@@ -38,9 +45,17 @@ def main(argv):
       for _, cmd in sweep.commands(_CONFIG.value, _WORKDIR.value, binary=_BINARY.value):
         print(" ".join(cmd + list(extra)))
     else:
-      res = sweep.run_local(_CONFIG.value, _WORKDIR.value, binary=_BINARY.value,
-                            extra_args=extra, progress=common.progress_bar("sweep"))
-      print(json.dumps(res, indent=1))
+      cli.initialize_distributed(_DIST)
+      from diva_jax import distributed
+      if distributed.process_count() > 1:
+        res = sweep.run_distributed(_CONFIG.value, _WORKDIR.value, binary=_BINARY.value,
+                                    extra_args=extra)
+      else:
+        res = sweep.run_local(_CONFIG.value, _WORKDIR.value, binary=_BINARY.value,
+                              extra_args=extra, progress=common.progress_bar("sweep"))
+      if distributed.process_index() == 0:
+        print(json.dumps([{k: v for k, v in r.items() if k != "metrics"} for r in res],
+                         indent=1))
       if any(r["returncode"] for r in res):
         raise SystemExit(1)
   except common.ConfigError as e:  # our input validation: one line, no traceback

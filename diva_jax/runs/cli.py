@@ -59,8 +59,42 @@ def parse_flags(argv):
     fail(f"bad --config ({', '.join(_override_keys(argv)) or 'file or variant'}): {e}")
 
 
+def define_distributed_flags():
+  """--distributed, --coordinator_address, --num_processes, --process_id."""
+  return {
+      "distributed": flags.DEFINE_bool(
+          "distributed", False, "Call jax.distributed.initialize() first, auto-detecting the "
+          "cluster (TPU pod slices, SLURM): one process per host; only process 0 writes."),
+      "coordinator_address": flags.DEFINE_string(
+          "coordinator_address", None, "host:port of process 0 (jax.distributed.initialize); "
+          "with --num_processes and --process_id, e.g. 127.0.0.1:12345 on loopback."),
+      "num_processes": flags.DEFINE_integer("num_processes", None, "Number of processes."),
+      "process_id": flags.DEFINE_integer("process_id", None, "This process's index."),
+  }
+
+
+def initialize_distributed(values) -> None:
+  """Starts jax.distributed if the flags ask for it (before any other JAX call)."""
+  explicit = [values[k].value for k in ("coordinator_address", "num_processes", "process_id")]
+  if not values["distributed"].value and all(v is None for v in explicit):
+    return
+  from diva_jax import distributed
+  try:
+    distributed.initialize(*explicit)
+  except ValueError as e:
+    fail(str(e).replace("coordinator_address, num_processes and process_id",
+                        "--coordinator_address, --num_processes and --process_id"))
+
+
+def finish_distributed() -> None:
+  """Every process waits for the others here, so none exits while another needs it."""
+  from diva_jax import distributed
+  if distributed.process_count() > 1:
+    distributed.barrier("diva_jax end of run")
+
+
 def define_and_run(default_config: str, run_fn) -> None:
-  """Defines --config/--workdir/--overwrite/--distributed and runs `run_fn`.
+  """Defines --config/--workdir/--overwrite and the distributed flags, and runs `run_fn`.
 
   `default_config` should be an absolute path (the binaries compute it from `__file__`), so
   they find their config from any working directory.
@@ -72,19 +106,16 @@ def define_and_run(default_config: str, run_fn) -> None:
                                 required=True)
   overwrite = flags.DEFINE_bool(
       "overwrite", False, "Discard the outputs stored in --workdir by a run of another config.")
-  distributed = flags.DEFINE_bool(
-      "distributed", False, "Call jax.distributed.initialize() first (multi-host: one process "
-      "per host; only process 0 writes).")
+  dist_flags = define_distributed_flags()
 
   def main(argv):
     if len(argv) > 1:
       fail(f"unexpected arguments: {argv[1:]}")
-    if distributed.value:
-      import jax
-      jax.distributed.initialize()
+    initialize_distributed(dist_flags)
     try:
       run_fn(config.value, workdir.value, overwrite=overwrite.value)
     except common.ConfigError as e:  # our input validation: one line, no traceback
       fail(e)
+    finish_distributed()
 
   app.run(main, flags_parser=parse_flags)

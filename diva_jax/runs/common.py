@@ -21,6 +21,7 @@ import sys
 import time
 from typing import Callable, NamedTuple, Optional
 
+from absl import logging
 import numpy as np
 
 from diva_jax.runs.errors import ConfigError
@@ -114,7 +115,14 @@ def make_backbone(config):
 def load_split(config, split: str, max_examples: int):
   """(images, labels, class_names) of a split, the first `max_examples` (0 = all)."""
   from diva_jax import data
-  ds = data.load(config.dataset, split, data_dir=config.data_dir or None)
+  from diva_jax import distributed
+  # Multi-process: process 0 prepares a dataset that is not built yet (a TFDS build writes
+  # into data_dir) before the others read it.
+  if distributed.process_index() == 0:
+    ds = data.load(config.dataset, split, data_dir=config.data_dir or None)
+  distributed.barrier(f"dataset {config.dataset}/{split}")
+  if distributed.process_index() != 0:
+    ds = data.load(config.dataset, split, data_dir=config.data_dir or None)
   images, labels = ds.images, ds.labels
   if max_examples and max_examples < len(labels):
     images, labels = images[:max_examples], labels[:max_examples]
@@ -126,8 +134,12 @@ def load_split(config, split: str, max_examples: int):
   return images, labels, ds.class_names
 
 
-def embed(config, backbone, images, *, dataset: str, split: str, cache_dir: str):
-  """[n, d] float32 raw features of uint8 images (cached on disk for real backbones)."""
+def embed(config, backbone, images, *, dataset: str, split: str, cache_dir: str,
+          workdir: Optional[Workdir] = None):
+  """[n, d] float32 raw features of uint8 images (cached on disk for real backbones).
+
+  Every device of every process embeds its share of the rows (`diva_jax.distributed`); the
+  rows each process embedded are added to `workdir.parallelism` (metrics.json)."""
   from diva_jax import features as feats
   if backbone is None:  # raw pixels
     x = np.asarray(images, np.float32).reshape(len(images), -1) / 255.0
@@ -135,6 +147,13 @@ def embed(config, backbone, images, *, dataset: str, split: str, cache_dir: str)
   res = feats.cached_features(backbone, images, dataset=dataset, split=split,
                               cache_dir=cache_dir, batch_size=config.batch_size,
                               progress=progress_bar(f"features {dataset}/{split}"))
+  if not res.reused:
+    from diva_jax import distributed
+    logging.info("features %s/%s: embedded %d of %d rows on process %d of %d", dataset, split,
+                 res.rows_embedded_per_process[distributed.process_index()], len(images),
+                 distributed.process_index(), distributed.process_count())
+  if workdir is not None:
+    workdir.add_rows_embedded(res.rows_embedded_per_process)
   return np.asarray(res.features, np.float32)
 
 
@@ -199,7 +218,7 @@ def prepare_features(config, workdir: Workdir,
     nets.append(jacobian_backbone(config, backbone))
   for net in nets:
     raw = [embed(config, net, sets[split][1], dataset=config.dataset,
-                 split=f"{split}{max_n or ''}", cache_dir=cache_dir)
+                 split=f"{split}{max_n or ''}", cache_dir=cache_dir, workdir=workdir)
            for split, max_n in (("train", config.max_train), ("test", config.max_test))]
     blocks.append(standardize(*raw))
   if len(blocks) == 1:

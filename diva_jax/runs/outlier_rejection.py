@@ -24,11 +24,11 @@ from __future__ import annotations
 import time
 
 from absl import logging
-import jax
 import numpy as np
 
 import diva_jax
 from diva_jax import curation
+from diva_jax import distributed
 from diva_jax.runs import common
 from diva_jax.runs import plots
 
@@ -147,10 +147,10 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
     reg = common.choose_reg(config, targets, x)
     t_reg = time.perf_counter() - start
     start = time.perf_counter()
-    value, deriv = diva_jax.loo_loss_and_derivative(
-        ones, targets, features=x, reg=reg * config.detection_reg_multiplier, loss=config.loss,
+    # Rows sharded over every device of every process (one device: the host path).
+    value, deriv = distributed.sharded_loo_loss_and_derivative(
+        ones, targets, x, reg=reg * config.detection_reg_multiplier, loss=config.loss,
         temperature=config.temperature)
-    deriv = np.asarray(jax.block_until_ready(deriv))
     seconds = time.perf_counter() - start
     # The automatic threshold: how many labels look wrong, from the exact LOO probabilities
     # at the fit's reg (calibrated confident joint); no noise mask involved.
@@ -176,7 +176,7 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
   baselines, notes = {}, {}
   if flipped.any() and config.baselines:
     stage = wd.stage_json("baselines", lambda: dict(zip(("results", "notes"), _baselines(
-        config, x, targets, noisy, flipped, reg, num_classes))))
+        config, x, targets, noisy, flipped, reg, num_classes))), collective=False)
     baselines, notes = stage["results"], dict(stage["notes"])
   elif config.baselines:
     notes["baselines"] = "skipped: no label is flipped (nothing to detect)"
@@ -203,7 +203,7 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
             "test_error_after": refit_error(~flagged), "reweight_weights": weights,
             "reweight_losses": losses, "test_error_oracle_removal": refit_error(~flipped)}
 
-  cur = wd.stage_arrays("curation", curation_stage)
+  cur = wd.stage_arrays("curation", curation_stage, collective=False)
   if flagged.all():
     notes["test_error_after"] = ("every sample is flagged: no refit on an empty set "
                                  "(test_error_after is null)")
@@ -227,7 +227,7 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
                      "test_error_after": refit_error(keep)})
     return rows
 
-  sensitivity = (wd.stage_json("sensitivity", sensitivity_stage)
+  sensitivity = (wd.stage_json("sensitivity", sensitivity_stage, collective=False)
                  if config.sensitivity_reg_multipliers else [])
 
   metrics = {

@@ -79,3 +79,21 @@ def bar_counts(counts: dict, title: str):
   ax.set_title(title)
   fig.tight_layout()
   return fig
+
+
+def sweep_plot(run_names, metrics: dict):
+  """One panel per metric: its value in each run of a sweep (missing values left out)."""
+  plt = _plt()
+  k = len(metrics)
+  fig, axes = plt.subplots(k, 1, figsize=(max(5, 0.6 * len(run_names) + 2), 2.2 * k),
+                           sharex=True, squeeze=False)
+  x = np.arange(len(run_names))
+  for ax, (name, values) in zip(axes[:, 0], metrics.items()):
+    v = np.array([np.nan if u is None else float(u) for u in values])
+    ax.bar(x, np.nan_to_num(v), color=np.where(np.isnan(v), "lightgrey", "tab:blue"))
+    ax.set_ylabel(name, fontsize=8)
+  axes[-1, 0].set_xticks(x)
+  axes[-1, 0].set_xticklabels(run_names, rotation=60, ha="right", fontsize=7)
+  fig.suptitle(f"sweep: {len(run_names)} runs")
+  fig.tight_layout()
+  return fig

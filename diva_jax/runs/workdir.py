@@ -19,6 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from diva_jax import distributed as dist
 from diva_jax import io_utils
 from diva_jax.runs.errors import ConfigError
 
@@ -27,7 +28,13 @@ from diva_jax.runs.config_checks import ConfigMismatchError
 
 
 def is_main_process() -> bool:
-  return jax.process_index() == 0
+  """Process 0 of a multi-process run (or inside `diva_jax.distributed.local()`)."""
+  return dist.process_index() == 0
+
+
+def parallelism() -> dict:
+  """What this run computes with: processes and devices (all hosts)."""
+  return {"processes": dist.process_count(), "devices": len(dist.devices())}
 
 
 def _jsonable(config) -> dict:
@@ -57,8 +64,14 @@ class Workdir:
   The constructor checks the stored config (ConfigMismatchError) but writes nothing; the
   first write (a stage, an output, or `commit()` before a feature cache is filled) creates
   the directory, deletes the old run's outputs if `overwrite` discards a different config,
-  and writes config.json. Only process 0 writes (multi-host runs compute everywhere, write
-  once).
+  and writes config.json.
+
+  Multi-process runs compute everywhere and write once: only process 0 writes, and
+  process 0's view of the workdir decides for all (the stored config's check; whether a
+  stage is loaded, whose bytes it then sends to the others, or computed by all, after which
+  every process takes process 0's result), so the processes never diverge and hosts need
+  no shared filesystem. `parallelism` (processes, devices, rows embedded per process) is
+  added to metrics.json.
   """
 
   def __init__(self, path: str | os.PathLike, config, *, overwrite: bool = False):
@@ -76,6 +89,20 @@ class Workdir:
     self.write = is_main_process()
     self._committed = False
     self._discard = False
+    self.parallelism = dict(parallelism(), rows_embedded_per_process=[0] * dist.process_count())
+    error = ""
+    if self.write:
+      try:
+        self._check_stored(overwrite)
+      except ConfigMismatchError as e:
+        error = str(e)
+    if dist.process_count() > 1:  # process 0 decides for every process
+      error = dist.broadcast_bytes(error.encode()).decode()
+      self._discard = dist.broadcast_bytes(b"1" if self._discard else b"0") == b"1"
+    if error:
+      raise ConfigMismatchError(error)
+
+  def _check_stored(self, overwrite):
     cfg_path = os.path.join(self.path, "config.json")
     if os.path.exists(cfg_path):
       try:
@@ -97,6 +124,9 @@ class Workdir:
     if self._committed:
       return
     self._committed = True
+    logging.info("process %d of %d: %s %s", dist.process_index(), dist.process_count(),
+                 "writes the outputs to" if self.write else "writes nothing (process 0 "
+                 "writes) to", self.path)
     if not self.write:
       return
     try:
@@ -114,46 +144,61 @@ class Workdir:
   def _stage_path(self, name, ext):
     return os.path.join(self.path, "stages", f"{name}.{ext}")
 
-  def stage_arrays(self, name: str, compute: Callable[[], Mapping[str, Any]]) -> dict:
-    """Arrays from `<workdir>/stages/<name>.npz` if complete, else computed and saved."""
-    self.commit()
-    path = self._stage_path(name, "npz")
-    if os.path.exists(path):
-      try:
-        with np.load(path, allow_pickle=False) as f:
-          out = {k: f[k] for k in f.files}
-        logging.info("stage %s: loaded from %s", name, path)
-        return out
-      except (OSError, ValueError, EOFError):
-        pass  # corrupt: recompute (atomic writes make this rare)
-    start = time.perf_counter()
-    out = {k: np.asarray(v) for k, v in compute().items()}
-    if self.write:
-      io_utils.atomic_save_npz(path, out)
-    logging.info("stage %s: computed in %.2fs", name, time.perf_counter() - start)
-    return out
+  def add_rows_embedded(self, counts) -> None:
+    """Adds each process's count of images run through a backbone (metrics.json)."""
+    rows = self.parallelism["rows_embedded_per_process"]
+    self.parallelism["rows_embedded_per_process"] = [int(a) + int(b)
+                                                     for a, b in zip(rows, counts)]
 
-  def stage_json(self, name: str, compute: Callable[[], Any]) -> Any:
-    """A JSON-able result from `<workdir>/stages/<name>.json` if complete, else computed."""
+  def _stage(self, name, ext, compute, dump, load, collective):
+    """Loaded if `<workdir>/stages/<name>.<ext>` reads back, else computed and saved.
+
+    `collective`: every process computes (the stage uses devices of every process);
+    otherwise only process 0 does and sends its result to the others."""
     self.commit()
-    path = self._stage_path(name, "json")
-    if os.path.exists(path):
+    path = self._stage_path(name, ext)
+    data = b""
+    if self.write and os.path.exists(path):
       try:
-        with open(path) as f:
-          out = json.load(f)
-        logging.info("stage %s: loaded from %s", name, path)
-        return out
-      except (OSError, ValueError):
-        pass
+        with open(path, "rb") as f:
+          data = f.read()
+        load(data)
+      except (OSError, ValueError, EOFError, KeyError):
+        data = b""  # corrupt: recompute (atomic writes make this rare)
+    data = dist.broadcast_bytes(data)
+    if data:
+      logging.info("stage %s: loaded from %s", name, path)
+      return load(data)
     start = time.perf_counter()
-    out = to_json(compute())
+    data = (dump(compute()) if collective or self.write else None)
+    data = dist.broadcast_bytes(data)  # every process goes on with process 0's
     if self.write:
-      io_utils.atomic_write_json(path, out)
+      io_utils.atomic_write_bytes(path, data)
     logging.info("stage %s: computed in %.2fs", name, time.perf_counter() - start)
-    return out
+    return load(data)
+
+  def stage_arrays(self, name: str, compute: Callable[[], Mapping[str, Any]], *,
+                   collective: bool = True) -> dict:
+    """Arrays from `<workdir>/stages/<name>.npz` if complete, else computed and saved.
+
+    Multi-process: `collective=True` (the default, always safe) runs `compute` on every
+    process; `collective=False` (a stage of host-only work) runs it on process 0 alone."""
+    dump = lambda out: dist.save_npz_bytes({k: np.asarray(v) for k, v in out.items()})
+    return self._stage(name, "npz", compute, dump, dist.load_npz_bytes, collective)
+
+  def stage_json(self, name: str, compute: Callable[[], Any], *,
+                 collective: bool = True) -> Any:
+    """A JSON-able result from `<workdir>/stages/<name>.json` if complete, else computed
+    (`collective` as in `stage_arrays`)."""
+    dump = lambda out: (json.dumps(to_json(out), indent=2, sort_keys=True, allow_nan=False)
+                        + "\n").encode()
+    return self._stage(name, "json", compute, dump, lambda data: json.loads(data.decode()),
+                       collective)
 
   def write_json(self, name: str, obj) -> None:
     self.commit()
+    if name == "metrics.json" and isinstance(obj, dict):
+      obj = {**obj, "parallelism": self.parallelism}
     if self.write:
       io_utils.atomic_write_json(self.file(name), to_json(obj))
 
