@@ -186,6 +186,7 @@ def _save_npy(workdir, name, arr) -> None:
 def run(config, workdir: str, *, overwrite: bool = False) -> dict:
   """Runs the curation; returns the summary (also in <workdir>/metrics.json)."""
   import diva_jax
+  from diva_jax import distributed
   validate(config)
   wd = common.Workdir(workdir, config, overwrite=overwrite)
   timings = {}
@@ -207,7 +208,7 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
     tag = hashlib.sha256(os.path.abspath(config.source).encode()).hexdigest()[:12]
     raw = common.embed(config, backbone, samples.images, dataset="curate",
                        split=f"{tag}{config.max_images or ''}",
-                       cache_dir=config.cache_dir or wd.file("cache"))
+                       cache_dir=config.cache_dir or wd.file("cache"), workdir=wd)
   timings["embed_seconds"] = time.perf_counter() - start
   feats = common.standardize(raw)[0]
   num_classes = len(samples.class_names)
@@ -221,9 +222,10 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
     reg = common.choose_reg(config, targets, feats)
     bar(1, 3)
     det_reg = reg * float(config.detection_reg_multiplier)
-    deriv = diva_jax.dataset_derivative(np.ones(n, np.float32), targets, features=feats,
-                                        reg=det_reg, loss=config.loss,
-                                        temperature=config.temperature)
+    # Rows sharded over every device of every process (one device: the host path).
+    _, deriv = distributed.sharded_loo_loss_and_derivative(
+        np.ones(n, np.float32), targets, feats, reg=det_reg, loss=config.loss,
+        temperature=config.temperature)
     bar(2, 3)
     loo = diva_jax.loo_predictions(np.ones(n, np.float32), targets, features=feats, reg=reg)
     bar(3, 3)
