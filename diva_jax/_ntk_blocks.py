@@ -37,7 +37,8 @@ def blocked_pairs(prep, contract, x1, x2, block_size, progress):
   """
   n1, n2 = x1.shape[0], x2.shape[0]
   if block_size is None or (n1 <= block_size and n2 <= block_size):
-    out = contract(prep(x1), prep(x2))
+    s1 = prep(x1)
+    out = contract(s1, s1 if x2 is x1 else prep(x2))
     if progress is not None:
       jax.debug.callback(progress, 1, 1)
     return out

@@ -21,6 +21,7 @@ from diva_jax._ntk_problem import check_block_size
 from diva_jax._ntk_problem import check_finite_output
 from diva_jax._ntk_problem import check_vmap_axes
 from diva_jax._ntk_problem import setup
+from diva_jax._ntk_structured import leaf_jacobians_fn
 
 
 def jacobian_features(
@@ -41,7 +42,10 @@ def jacobian_features(
   outputs ``[n, c]`` and ``trace_axes=(-1,)``: ``Z`` is ``[n, c * P]``; with
   ``trace_axes=()``: ``[n, c, P]`` and ``einsum('ikp,jlp->ijkl', Z, Z)`` is the
   full kernel. ``P`` is the number of trainable parameters: use this for small
-  networks, ``projected_jacobian_features`` otherwise.
+  networks, ``projected_jacobian_features`` otherwise. With ``vmap_axes`` an int, the
+  Jacobians of dense and conv weights are formed from their input activations (image
+  patches) and output cotangents, as in the ``'structured'`` NTK (``ntk_plan``); the other
+  leaves' from the backward pass.
 
   Args:
     apply_fn: as in ``empirical_ntk_fn``.
@@ -63,12 +67,14 @@ def jacobian_features(
     problem, xb, _ = setup(apply_fn, params, x, None, trace_axes=trace_axes,
                            vmap_axes=vmap_axes, trainable=trainable,
                            kwargs=apply_kwargs)
-    fn = problem.f_sample if problem.per_sample else problem.f_batch
     t, layout = problem.layout.t, problem.layout
+    if problem.per_sample:  # dense and conv leaves from activations and cotangents
+      jacobians = leaf_jacobians_fn(problem, jax.ShapeDtypeStruct(xb.shape[1:], xb.dtype))
+    else:
+      jacobians = lambda xs: leaf_jacobians(problem, problem.f_batch, problem.train, xs)
 
     def block(xs):
-      jac = jnp.concatenate(leaf_jacobians(problem, fn, problem.train, xs),
-                            axis=-1)                     # [b, T, R, P]
+      jac = jnp.concatenate(jacobians(xs), axis=-1)     # [b, T, R, P]
       z = jnp.swapaxes(jac, 1, 2).reshape(xs.shape[0], layout.r, -1)
       return z / jnp.sqrt(jnp.asarray(t, z.dtype))
 

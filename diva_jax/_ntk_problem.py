@@ -118,6 +118,8 @@ class Problem(NamedTuple):
   f_sample: Callable   # (train, x_i) -> [T, R]   (vmap_axes is an int)
   f_batch: Callable    # (train, X) -> [b, T, R]
   per_sample: bool     # True when vmap_axes is an int
+  consts: Any          # (frozen leaves, array-valued apply kwargs)
+  f_sample_consts: Callable  # (train, consts, x_i) -> [T, R], closes over no arrays
 
   def outputs(self, tr, xb):
     """``[b, T, R]``: per sample (vmapped) when ``per_sample``, else as a batch."""
@@ -140,8 +142,17 @@ def setup(apply_fn, params, x1, x2, *, trace_axes, vmap_axes, trainable,
           f"{x1.shape[1:]} for x1 and {x2.shape[1:]} for x2.")
   b = batch_axis(vmap_axes)
 
-  def call(p, xb):  # xb batch-first -> output batch-first
-    out = apply_fn(p, jnp.moveaxis(xb, 0, b), **kwargs)
+  # Array-valued kwargs are explicit arguments of f_sample_consts (so a jaxpr of it closes
+  # over no outer tracers); the others are static.
+  kw_leaves, kw_def = jax.tree_util.tree_flatten(kwargs)
+  kw_dynamic = [isinstance(l, (jax.Array, np.ndarray, np.generic)) for l in kw_leaves]
+
+  def kwargs_from(dyn):
+    dyn = iter(dyn)
+    return kw_def.unflatten([next(dyn) if d else l for l, d in zip(kw_leaves, kw_dynamic)])
+
+  def call(p, xb, kw=kwargs):  # xb batch-first -> output batch-first
+    out = apply_fn(p, jnp.moveaxis(xb, 0, b), **kw)
     if not isinstance(out, jax.Array) and not hasattr(out, "shape"):
       raise ValueError(
           "apply_fn: expected a single array output, got "
@@ -173,6 +184,12 @@ def setup(apply_fn, params, x1, x2, *, trace_axes, vmap_axes, trainable,
   def f_sample(tr, x):
     return f_batch(tr, x[None])[0]
 
+  def f_sample_consts(tr, consts, x):
+    fr, dyn = consts
+    out = call(part.merge(tr, fr), x[None], kwargs_from(dyn))
+    return layout.fold(out[0])
+
+  consts = (frozen, [l for l, d in zip(kw_leaves, kw_dynamic) if d])
   problem = Problem(part, train, frozen, layout, f_sample, f_batch,
-                    vmap_axes is not None)
+                    vmap_axes is not None, consts, f_sample_consts)
   return problem, x1, x2

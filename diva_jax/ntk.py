@@ -26,18 +26,21 @@ Implementations (``implementation=``):
 * ``'ntk_vector_products'``: ``K v = J1 (J2^T v)`` with one ``jax.vjp`` and one
   ``jax.jvp`` per column of the block (columns vmapped); never holds a
   per-sample Jacobian, does more FLOPs.
-* ``'structured'`` (default): exploits flax linen ``nn.Dense`` layers. A Dense
-  layer ``y = h W + b`` contributes ``(h1 . h2) (d1 . d2)`` to the kernel, with
-  ``h`` its input activations and ``d = df/dy`` the output cotangents, so no
-  Jacobian of W is formed. Activations and cotangents are captured with
-  ``flax.linen.intercept_methods``: a zero perturbation is added to each Dense
-  output and differentiated. Every parameter leaf that is not the kernel or
-  bias of a Dense called exactly once (convolutions, norms, embeddings, or any
-  non-linen ``apply_fn`` such as an nnx model) falls back to the Jacobian
-  contraction for that leaf only, so the result is always exact. Caveat: a
-  Dense kernel that is *also* used outside its own call (weight tying, e.g.
-  ``Embed.attend`` on a shared table) would be under-counted: use
-  ``'jacobian_contraction'`` or exclude it with ``trainable``.
+* ``'structured'`` (default): reads the jaxpr of ``apply_fn``, whatever wrote it
+  (plain JAX, flax linen, nnx), and follows every trainable leaf through views (reshape,
+  transpose, slices, dtype casts, scaling by a scalar) to the equations consuming it. A
+  leaf consumed only by ``dot_general`` (dense layers, einsums, attention projections, W in
+  either slot) or ``conv_general_dilated`` (any strides, padding, dilation, feature
+  groups, layout) contributes ``sum <a1, a2> <d1, d2>`` over positions, with ``a`` the
+  layer's input (image patches for a convolution) and ``d = df/dy`` the cotangents of its
+  output, so no Jacobian is formed; a cost model per leaf picks instead the explicit
+  Jacobian ``a (x) d`` when that is cheaper (high-resolution or thin convolutions). A leaf
+  used several times (weight tying) sums over its uses, cross terms included. Biases added
+  to such a layer's output join it as a column of ones. Other leaves (norm scales,
+  embeddings, anything under ``scan``/``while``/``cond`` or a ``custom_jvp``) take their
+  Jacobian from the same backward pass: the result is always exact. ``ntk_plan`` tells
+  which path each leaf takes. Samples must be independent (``vmap_axes`` an int);
+  otherwise this is the Jacobian contraction.
 
 Blocks: with ``block_size=b`` the rows of x1 and x2 are processed in blocks of
 ``b`` (``lax.map``, i.e. sequentially), so the memory in flight is that of one
@@ -52,7 +55,10 @@ This module is the public API (``empirical_ntk_fn``, and the feature maps
 re-exported from ``diva_jax._ntk_features``). The parts behind it:
 ``_ntk_problem`` (validation, output layout, per-sample function),
 ``_ntk_blocks`` (blocked drivers), ``_ntk_contraction`` (Jacobian contraction,
-NTK-vector products), ``_ntk_structured`` (Dense layers in closed form).
+NTK-vector products), and the structured path: ``_ntk_jaxpr`` (flat jaxpr, interpreter,
+each leaf's uses), ``_ntk_rules`` (per-primitive views and sites), ``_ntk_plan`` (per-leaf
+decisions and cost model), ``_ntk_structured`` (the kernel from activations and
+cotangents).
 """
 from __future__ import annotations
 
@@ -69,13 +75,17 @@ from diva_jax._ntk_problem import check_block_size
 from diva_jax._ntk_problem import check_finite_output
 from diva_jax._ntk_problem import check_vmap_axes
 from diva_jax._ntk_problem import setup
+from diva_jax._ntk_plan import LeafPlan
+from diva_jax._ntk_structured import plan_for
 from diva_jax._ntk_structured import structured
 
 __all__ = [
     "IMPLEMENTATIONS",
     "Progress",
+    "LeafPlan",
     "empirical_ntk_fn",
     "jacobian_features",
+    "ntk_plan",
     "projected_jacobian_features",
 ]
 
@@ -161,3 +171,38 @@ def empirical_ntk_fn(
     return k
 
   return kernel_fn
+
+
+def ntk_plan(
+    apply_fn: Callable[..., jax.Array],
+    params,
+    x1: jax.Array,
+    x2: jax.Array | None = None,
+    *,
+    trace_axes: Sequence[int] = (-1,),
+    vmap_axes: int | None = 0,
+    trainable: Callable[[str], bool] | None = None,
+    block_size: int | None = None,
+    **apply_kwargs,
+) -> list[LeafPlan]:
+  """How the ``'structured'`` implementation treats each trainable leaf.
+
+  Traces ``apply_fn`` (abstractly, nothing is computed) and returns, per trainable leaf
+  in ``jax.tree_util`` order, a ``LeafPlan``: its ``path``; ``kind``, one of
+  ``'structured'`` (contracted from activations and cotangents, no Jacobian),
+  ``'explicit'`` (Jacobian formed: from activations and cotangents when the cost model
+  prefers it, from the backward pass for elementwise uses such as biases and norm scales)
+  or ``'fallback'`` (no rule: Jacobian from the backward pass, still exact); ``reason``;
+  ``sites``, the primitives consuming it; and the two costs (multiply-adds per block) of
+  the cost model. Arguments are those of ``empirical_ntk_fn`` and its ``kernel_fn``.
+  With ``vmap_axes=None`` every leaf is ``'fallback'`` (Jacobian contraction).
+  """
+  check_block_size(block_size)
+  check_vmap_axes(vmap_axes)
+  problem, x1b, x2b = setup(apply_fn, params, x1, x2, trace_axes=trace_axes,
+                            vmap_axes=vmap_axes, trainable=trainable, kwargs=apply_kwargs)
+  if not problem.per_sample:
+    return [LeafPlan(p, "fallback", "vmap_axes=None", (), None, None)
+            for p in problem.part.trainable_paths]
+  plan = plan_for(problem, x1b, x1b if x2b is None else x2b, block_size)
+  return list(plan.leaves)

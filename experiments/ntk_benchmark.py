@@ -1,7 +1,8 @@
 r"""Kernel-build benchmark: throughput and peak memory of each NTK implementation
 (diva_jax/runs/ntk_benchmark.py) against the hand-written jacrev baseline, traced NTK, float64.
 
-Run (CPU, about 5 minutes on 2 cores):
+Run (CPU, about 5 minutes on 2 cores; the MLP is also benchmarked as a plain JAX
+function and as an nnx module):
 
   python -m experiments.ntk_benchmark --workdir=/tmp/ntk_bench
 
@@ -17,10 +18,15 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where to write ntk_benchmark.js
                                required=True)
 _MLP_SIZES = flags.DEFINE_list("mlp_sizes", ["64", "256", "1024"], "n for the MLP.")
 _CNN_SIZES = flags.DEFINE_list("cnn_sizes", ["32", "128", "256"], "n for the CNN.")
+_PLAIN_MLP_SIZES = flags.DEFINE_list("plain_mlp_sizes", ["256"],
+                                     "n for the MLP written as a plain JAX function.")
+_NNX_MLP_SIZES = flags.DEFINE_list("nnx_mlp_sizes", ["256"], "n for the MLP written in nnx.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per case (best is kept).")
 _MAX_BASELINE_N = flags.DEFINE_integer(
     "max_baseline_n", 256, "Skip the jacrev baseline and the Jacobian-holding implementations "
     "above this n (their memory grows like n * c * P).")
+_SKIP = flags.DEFINE_list("skip", [], "model:implementation cases not to run, e.g. "
+                          "cnn:ntk_vector_products,cnn:jacrev_baseline (memory).")
 _BLOCK_SIZE = flags.DEFINE_integer("block_size", 256,
                                    "Block size used for n above it (bounded memory).")
 
@@ -29,8 +35,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   ntk_benchmark.run(_WORKDIR.value, mlp_sizes=[int(s) for s in _MLP_SIZES.value if s],
-                    cnn_sizes=[int(s) for s in _CNN_SIZES.value if s], repeats=_REPEATS.value,
-                    max_baseline_n=_MAX_BASELINE_N.value, block_size=_BLOCK_SIZE.value)
+                    cnn_sizes=[int(s) for s in _CNN_SIZES.value if s],
+                    plain_mlp_sizes=[int(s) for s in _PLAIN_MLP_SIZES.value if s],
+                    nnx_mlp_sizes=[int(s) for s in _NNX_MLP_SIZES.value if s], repeats=_REPEATS.value,
+                    max_baseline_n=_MAX_BASELINE_N.value, block_size=_BLOCK_SIZE.value,
+                    skip=_SKIP.value)
 
 
 if __name__ == "__main__":

@@ -76,8 +76,8 @@ def test_benchmark_binary_tiny(tmp_path):
 @pytest.mark.slow
 def test_ntk_benchmark_run_tiny(tmp_path):
   x64 = jax.config.jax_enable_x64
-  rows = ntk_benchmark.run(str(tmp_path), mlp_sizes=(4,), cnn_sizes=(6,), repeats=1,
-                           max_baseline_n=4, block_size=2)
+  rows = ntk_benchmark.run(str(tmp_path), mlp_sizes=(4,), cnn_sizes=(6,), plain_mlp_sizes=(3,),
+                           nnx_mlp_sizes=(3,), repeats=1, max_baseline_n=4, block_size=2)
   assert jax.config.jax_enable_x64 == x64
   out = json.loads((tmp_path / "ntk_benchmark.json").read_text())
   assert len(out["rows"]) == len(rows)
@@ -87,6 +87,10 @@ def test_ntk_benchmark_run_tiny(tmp_path):
   assert all(r["max_abs_diff_vs_first"] < 1e-8 and r["seconds"] > 0 for r in rows)
   # Above max_baseline_n only the structured (blocked) kernel runs.
   assert [r["implementation"] for r in rows if r["model"] == "cnn"] == ["structured"]
+  # The plain-function and nnx MLPs are as structured as the linen one.
+  for name in ("mlp", "mlp_plain", "mlp_nnx"):
+    (leaves,) = [r["leaves"] for r in rows if r["model"] == name and "leaves" in r]
+    assert leaves == {"structured": 8}, (name, leaves)
 
 
 class _TinyNet(nn.Module):

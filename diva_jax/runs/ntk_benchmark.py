@@ -2,9 +2,11 @@
 
 Compares diva_jax.empirical_ntk_fn ('structured', 'jacobian_contraction',
 'ntk_vector_products') with the plain baseline people write by hand (``jax.jacrev`` of the
-batch output, flattened, ``J1 @ J2.T``) on a flax MLP (3 Dense layers of 256, tanh, 32-d
-inputs, 10 logits; the network of neural-tangents' published timing) and a small
-two-conv-layer CNN, traced NTK, float64, x2 = x1.
+batch output, flattened, ``J1 @ J2.T``) on the same MLP (3 dense layers of 256, tanh, 32-d
+inputs, 10 logits; the network of neural-tangents' published timing) written three ways (flax
+linen, a plain JAX function over a list of dicts, flax nnx), and a small two-conv-layer CNN
+(linen), traced NTK, float64, x2 = x1. Each 'structured' row also records how many
+parameter leaves were structured / explicit / fallback (``diva_jax.ntk.ntk_plan``).
 
 Throughput is n^2 / seconds (best of `repeats` runs after compilation). Peak memory is
 XLA's compiled-memory analysis of the jitted kernel (arguments + outputs + temporaries),
@@ -19,6 +21,7 @@ import time
 from typing import Sequence
 
 import flax.linen as nn
+from flax import nnx
 import jax
 import jax.numpy as jnp
 
@@ -43,6 +46,54 @@ class CNN(nn.Module):
     x = nn.relu(nn.Conv(16, (3, 3), strides=2)(x))
     x = x.reshape(x.shape[0], -1)
     return nn.Dense(10)(x)
+
+
+def plain_mlp(params, x):
+  """The MLP as a plain JAX function of ``[{'w', 'b'}] * 4``."""
+  for p in params[:-1]:
+    x = jnp.tanh(x @ p["w"] + p["b"])
+  return x @ params[-1]["w"] + params[-1]["b"]
+
+
+def plain_mlp_init(key, x):
+  sizes = (x.shape[-1], 256, 256, 256, 10)
+  keys = jax.random.split(key, len(sizes) - 1)
+  return [{"w": jax.random.normal(k, (a, b), x.dtype) / jnp.sqrt(a), "b": jnp.zeros(b, x.dtype)}
+          for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
+
+
+class NnxMLP(nnx.Module):
+
+  def __init__(self, d_in, rngs):
+    sizes = (d_in, 256, 256, 256, 10)
+    self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
+
+  def __call__(self, x):
+    for layer in self.layers[:-1]:
+      x = jnp.tanh(layer(x))
+    return self.layers[-1](x)
+
+
+def _models():
+  """name -> (apply_fn, init(key, x) -> params, per-sample input shape)."""
+  graphdef, _ = nnx.split(nnx.eval_shape(lambda: NnxMLP(32, nnx.Rngs(0))))
+
+  def nnx_init(key, x):
+    return nnx.split(NnxMLP(x.shape[-1], nnx.Rngs(key)))[1]
+
+  return {
+      "mlp": (MLP().apply, jax.jit(MLP().init), (32,)),
+      "mlp_plain": (plain_mlp, plain_mlp_init, (32,)),
+      "mlp_nnx": (lambda s, x: nnx.merge(graphdef, s)(x), nnx_init, (32,)),
+      "cnn": (CNN().apply, jax.jit(CNN().init), (8, 8, 3)),
+  }
+
+
+def _plan_counts(apply_fn, params, x, block_size):
+  counts = {}
+  for leaf in ntk.ntk_plan(apply_fn, params, x, block_size=block_size):
+    counts[leaf.kind] = counts.get(leaf.kind, 0) + 1
+  return counts
 
 
 def jacrev_baseline(apply_fn):
@@ -82,43 +133,53 @@ def measure(kernel_fn, x, params, repeats):
               samples2_per_second=n * n / best, peak_bytes=peak), k
 
 
-def _rows(mlp_sizes, cnn_sizes, repeats, max_baseline_n, block_size):
-  models = {"mlp": (MLP(), (32,), mlp_sizes), "cnn": (CNN(), (8, 8, 3), cnn_sizes)}
+def _rows(sizes, repeats, max_baseline_n, block_size, skip):
   rows = []
-  for name, (model, shape, sizes) in models.items():
-    for n in sizes:
+  for name, (apply_fn, init, shape) in _models().items():
+    for n in sizes.get(name, ()):
       x = jax.random.normal(jax.random.key(0), (n,) + shape, jnp.float64)
       params = jax.tree_util.tree_map(lambda v: v.astype(jnp.float64),
-                                      jax.jit(model.init)(jax.random.key(1), x[:1]))
+                                      init(jax.random.key(1), x[:1]))
       n_params = sum(l.size for l in jax.tree_util.tree_leaves(params))
       bs = block_size if n > block_size else None
-      cases = {"jacrev_baseline": jacrev_baseline(model.apply)}
+      cases = {"jacrev_baseline": jacrev_baseline(apply_fn)}
       for impl in ntk.IMPLEMENTATIONS:
-        cases[impl] = ntk.empirical_ntk_fn(model.apply, implementation=impl, block_size=bs)
+        cases[impl] = ntk.empirical_ntk_fn(apply_fn, implementation=impl, block_size=bs)
       reference = None
       for impl, kernel_fn in cases.items():
-        if n > max_baseline_n and impl != "structured":
+        if (n > max_baseline_n and impl != "structured") or f"{name}:{impl}" in skip:
           continue
         res, k = measure(kernel_fn, x, params, repeats)
         if reference is None:
           reference = k
         res.update(model=name, n=n, implementation=impl, block_size=bs, n_params=n_params,
                    max_abs_diff_vs_first=float(jnp.abs(k - reference).max()))
+        if impl == "structured":
+          res["leaves"] = _plan_counts(apply_fn, params, x, bs)
         rows.append(res)
-        print(f"{name:4s} n={n:5d} {impl:22s} {res['seconds']:9.4f} s "
+        print(f"{name:9s} n={n:5d} {impl:22s} {res['seconds']:9.4f} s "
               f"{res['samples2_per_second']:12.4g} n^2/s "
               f"peak {res['peak_bytes'] / 2**20 if res['peak_bytes'] else -1:9.1f} MiB "
               f"(compile {res['compile_seconds']:.1f} s, "
-              f"diff {res['max_abs_diff_vs_first']:.1e})", flush=True)
+              f"diff {res['max_abs_diff_vs_first']:.1e}) {res.get('leaves', '')}", flush=True)
   return rows
 
 
 def run(workdir: str, *, mlp_sizes: Sequence[int] = (64, 256, 1024),
-        cnn_sizes: Sequence[int] = (32, 128, 256), repeats: int = 3,
-        max_baseline_n: int = 256, block_size: int = 256) -> list:
-  """Runs every case; returns the result rows (also <workdir>/ntk_benchmark.json)."""
+        cnn_sizes: Sequence[int] = (32, 128, 256),
+        plain_mlp_sizes: Sequence[int] = (256,), nnx_mlp_sizes: Sequence[int] = (256,),
+        repeats: int = 3, max_baseline_n: int = 256, block_size: int = 256,
+        skip: Sequence[str] = ()) -> list:
+  """Runs every case; returns the result rows (also <workdir>/ntk_benchmark.json).
+
+  ``mlp_sizes`` (linen), ``plain_mlp_sizes``, ``nnx_mlp_sizes`` and ``cnn_sizes`` are the
+  sample counts n per model. ``skip``: ``'model:implementation'`` cases not to run (e.g.
+  ``'cnn:ntk_vector_products'``, over 18 GB at n = 256).
+  """
+  sizes = {"mlp": mlp_sizes, "mlp_plain": plain_mlp_sizes, "mlp_nnx": nnx_mlp_sizes,
+           "cnn": cnn_sizes}
   with jax.enable_x64(True):
-    rows = _rows(mlp_sizes, cnn_sizes, repeats, max_baseline_n, block_size)
+    rows = _rows(sizes, repeats, max_baseline_n, block_size, set(skip))
   os.makedirs(workdir, exist_ok=True)
   out = dict(jax_version=jax.__version__, backend=jax.default_backend(),
              devices=str(jax.devices()[0]), float="float64", rows=rows)
