@@ -4,10 +4,14 @@ Algorithms over the LOO core, as plain functions a researcher composes:
 
 * `detect_detrimental` / `detection_metrics`: flag samples whose derivative at weight 1 is
   above eps (they hurt); F1 at one eps and AUROC over all eps against a known noise mask.
-* `reweight`: 1-3 projected gradient steps on the weights with optax (weights stay >= 0).
-  Many steps over-fit the LOO estimate, which is unbiased only at the first step.
+* `reweight`: 1-3 projected gradient steps on the weights with optax (weights stay >= 0),
+  or a backtracking line search on the LOO loss (`line_search=True`). Many or large steps
+  over-fit the LOO estimate, which is unbiased only at the first step: on clean data no step
+  rule beat a random reweighting of the same spread (`experiments.reweight_study`), so the
+  default stays one small normalised step.
 * `extend`: add pool samples (weight 0 -> 1) with the most negative derivative, k at a time,
-  the LOO loss evaluated on the core only, until none helps or the budget is reached.
+  the LOO loss evaluated on the core only (or on core + picks), reg fixed or re-chosen each
+  round, until none helps or the budget is reached.
 * `group_derivative` / `reweight_groups`: one weight per group (modality, source, class,
   augmentation); a group's derivative is the sum of its members'. The basis of multi-modal
   aggregation, class rebalancing and `tune_augmentations`.
@@ -84,8 +88,22 @@ class ReweightResult(NamedTuple):
 def reweight(weights, targets, *, features=None, kernel=None, reg, steps: int = 1,
              optimizer: Optional[optax.GradientTransformation] = None,
              learning_rate: float = 0.2, loss: str = "mse", eval_mask=None,
-             temperature: float = 1.0, max_weight: Optional[float] = None) -> ReweightResult:
+             temperature: float = 1.0, max_weight: Optional[float] = None,
+             line_search: bool = False, max_backtracks: int = 10,
+             armijo: float = 1e-4) -> ReweightResult:
   """Projected gradient steps on the sample weights: a <- max(0, a - step(dL_loo/da)).
+
+  Step rules (README, "Reweighting: which step rule"; on clean data none of them lowered the
+  test error beyond a random reweighting of the same spread, so keep the steps small):
+
+  * default: `normalized_sgd(learning_rate)`, the largest weight change of a step is
+    `learning_rate`;
+  * the paper's raw step on the summed LOO loss, a <- a - eta * n * dL_mean/da:
+    `optimizer=optax.sgd(eta * n)` (eta about 0.1);
+  * `line_search=True`: a backtracking (Armijo) line search on the LOO loss along the
+    normalised gradient, starting at a largest weight change of `learning_rate` and halving
+    it up to `max_backtracks` times until L(a_new) <= L(a) + armijo * <dL/da, a_new - a>; a
+    step with no acceptable size leaves the weights unchanged.
 
   Args:
     weights: [n] starting weights >= 0 (usually ones); bool or integer weights are cast to
@@ -93,12 +111,17 @@ def reweight(weights, targets, *, features=None, kernel=None, reg, steps: int = 
     targets, features, kernel, reg, loss, eval_mask, temperature: as in `diva_jax.loo_loss`.
     steps: number of steps, an integer >= 0 (1-3 recommended: the LOO estimate is unbiased
       only at the first).
-    optimizer: an optax transformation; default `normalized_sgd(learning_rate)`.
-    learning_rate: used by the default optimizer (largest weight change per step), > 0.
+    optimizer: an optax transformation; default `normalized_sgd(learning_rate)`. Not
+      combinable with `line_search`.
+    learning_rate: used by the default optimizer and the line search (largest weight change
+      per step), > 0.
     max_weight: optional upper bound > 0 (projection onto [0, max_weight]).
+    line_search: backtracking line search on the LOO loss (see above).
+    max_backtracks: halvings tried per step by the line search, an integer >= 0.
+    armijo: sufficient-decrease constant of the line search, in [0, 1).
 
   Returns:
-    A `ReweightResult`.
+    A `ReweightResult` (with `line_search`, `losses` is the LOO loss at each accepted iterate).
   """
   n = _check_data(targets, features, kernel)
   # Integer / bool weights are cast to float here: optax keeps the parameters' dtype, so an
@@ -109,11 +132,23 @@ def reweight(weights, targets, *, features=None, kernel=None, reg, steps: int = 
                                             learning_rate, optimizer)
   if max_weight is not None:
     max_weight = _check_real("max_weight", max_weight, positive=True)
+  if not isinstance(line_search, (bool, np.bool_)):
+    raise ValueError(f"line_search must be True or False, got {line_search!r}.")
+  search = None
+  if line_search:
+    if optimizer is not None:
+      raise ValueError("line_search=True takes its steps along the normalised gradient: pass "
+                       "either an optimizer or line_search=True, not both.")
+    max_backtracks = _check_int("max_backtracks", max_backtracks, 0)
+    armijo = _check_real("armijo", armijo)
+    if not 0 <= armijo < 1:
+      raise ValueError(f"armijo must be in [0, 1), got {armijo}.")
+    search = (float(learning_rate), max_backtracks, armijo)
   kw = dict(features=features, kernel=kernel, reg=reg, loss=loss, eval_mask=eval_mask,
             temperature=temperature)
   w, losses, derivs = _projected_descent(
       weights, lambda w: _loo.loo_loss_and_derivative(w, targets, **kw),
-      lambda w: _loo.loo_loss(w, targets, **kw), steps, opt, max_weight)
+      lambda w: _loo.loo_loss(w, targets, **kw), steps, opt, max_weight, search)
   return ReweightResult(w, losses, derivs)
 
 
@@ -138,23 +173,45 @@ def _check_optimizer(optimizer, learning_rate):
   return optimizer
 
 
-def _projected_descent(x0, value_and_grad, value, steps, opt, upper=None):
+def _projected_descent(x0, value_and_grad, value, steps, opt, upper=None, search=None):
   """`steps` optax steps on x >= 0 (<= upper): (x, losses [steps + 1], grads [steps, m]).
 
-  Arguments are validated by the callers; x0 is a float array.
+  With `search = (largest step, max backtracks, armijo)` each step is instead a backtracking
+  line search on `value` along -g / max|g| (see `reweight`). Arguments are validated by the
+  callers; x0 is a float array.
   """
   x = jnp.asarray(x0)
   state = opt.init(x)
   losses, grads = [], []
+  project = lambda y: (optax.projections.projection_non_negative(y) if upper is None
+                       else jnp.minimum(optax.projections.projection_non_negative(y), upper))
+  last, stuck = None, None
   for _ in range(steps):
-    v, g = value_and_grad(x)
+    # A line search that found no acceptable step leaves x unchanged: so would the next ones.
+    v, g = stuck if stuck is not None else value_and_grad(x)
     losses.append(float(v))
     grads.append(np.asarray(g))
-    updates, state = opt.update(jnp.asarray(g), state, x)
-    x = optax.projections.projection_non_negative(optax.apply_updates(x, updates))
-    if upper is not None:
-      x = jnp.minimum(x, upper)
-  losses.append(float(value(x)))
+    if stuck is not None:
+      continue
+    if search is None:
+      updates, state = opt.update(jnp.asarray(g), state, x)
+      x = project(optax.apply_updates(x, updates))
+      continue
+    lr, backtracks, c = search
+    g = jnp.asarray(g, x.dtype)
+    scale = float(jnp.max(jnp.abs(g)))
+    last = None
+    if scale > 0:
+      for _ in range(backtracks + 1):
+        x_new = project(x - (lr / scale) * g)
+        v_new = float(value(x_new))
+        if np.isfinite(v_new) and v_new <= float(v) + c * float(jnp.vdot(g, x_new - x)):
+          x, last = x_new, v_new
+          break
+        lr /= 2
+    if last is None:
+      stuck, last = (v, g), float(v)
+  losses.append(last if search is not None and last is not None else float(value(x)))
   return np.asarray(x), np.asarray(losses), np.asarray(grads).reshape(len(grads), x.shape[0])
 
 
@@ -165,14 +222,15 @@ def _projected_descent(x0, value_and_grad, value, steps, opt, upper=None):
 
 class ExtendResult(NamedTuple):
   selected: np.ndarray          # [m] pool indices (into the full arrays) in the order added
-  rounds: list                  # per round: (indices added, core LOO loss before the round)
+  rounds: list                  # per round: (indices added, evaluated LOO loss before it)
   weights: np.ndarray           # [n] final weights (core 1, selected 1, rest 0)
   stopped: str                  # "budget", "no_helpful_sample" or "pool_exhausted"
 
 
 def extend(core_mask, targets, *, features=None, kernel=None, reg, k: int = 10,
            budget: Optional[int] = None, loss: str = "mse", temperature: float = 1.0,
-           progress: Optional[Callable[[int, int], None]] = None) -> ExtendResult:
+           progress: Optional[Callable[[int, int], None]] = None,
+           evaluate_on: str = "core") -> ExtendResult:
   """Greedy dataset extension by the dataset derivative.
 
   Core samples start at weight 1, pool samples (`~core_mask`) at 0; the LOO loss is
@@ -183,18 +241,27 @@ def extend(core_mask, targets, *, features=None, kernel=None, reg, k: int = 10,
 
   Args:
     core_mask: [n] bool (or 0/1), True for the core set; at least one True.
-    targets, features, kernel, reg, loss, temperature: as in `diva_jax.loo_loss`.
+    targets, features, kernel, loss, temperature: as in `diva_jax.loo_loss`.
+    reg: > 0 as in `diva_jax.loo_loss`, or a callable `reg(train_mask)` -> reg > 0 called
+      each round with the [n] bool mask of the current training set (core + picks), e.g. to
+      re-choose reg by exact LOO as the set grows.
     k: samples added per round, an integer >= 1.
     budget: the most pool samples to add, an integer in [0, pool size] (default: the whole
       pool).
     progress: called as progress(added, budget) after each round.
+    evaluate_on: 'core' (the paper's rule) or 'core+picks': the LOO loss is evaluated on the
+      core and the samples added so far (picks then vote on later picks; their labels are
+      trusted once picked).
   """
   n = _check_data(targets, features, kernel)
   core = _check_mask("core_mask", core_mask, n)
   pool_size = int((~core).sum())
   if not core.any():
     raise ValueError("core_mask selects no sample: the core set is empty.")
-  _check_reg(reg)
+  if not callable(reg):
+    _check_reg(reg)
+  if evaluate_on not in ("core", "core+picks"):
+    raise ValueError(f"evaluate_on must be 'core' or 'core+picks', got {evaluate_on!r}.")
   _check_loss(loss, temperature)
   k = _check_int("k", k, 1)
   if budget is None:
@@ -208,13 +275,22 @@ def extend(core_mask, targets, *, features=None, kernel=None, reg, k: int = 10,
   available = ~core
   selected, rounds = [], []
   stopped = "budget"
-  kw = dict(features=features, kernel=kernel, reg=reg, loss=loss, eval_mask=core,
-            temperature=temperature)
+  kw = dict(features=features, kernel=kernel, loss=loss, temperature=temperature)
   while len(selected) < budget:
     if not available.any():
       stopped = "pool_exhausted"
       break
-    value, deriv = _loo.loo_loss_and_derivative(weights, targets, **kw)
+    train = weights > 0
+    if callable(reg):
+      r = reg(train.copy())
+      try:
+        r = _check_real("reg(train_mask)", r, positive=True)
+      except ValueError as e:
+        raise ValueError(f"the reg callable must return a finite number > 0: {e}") from e
+    else:
+      r = reg
+    value, deriv = _loo.loo_loss_and_derivative(
+        weights, targets, reg=r, eval_mask=core if evaluate_on == "core" else train, **kw)
     deriv = np.asarray(deriv)
     cand = np.flatnonzero(available & (deriv < 0))
     if cand.size == 0:

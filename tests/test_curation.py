@@ -374,3 +374,116 @@ def test_estimate_num_issues_recovers_planted_count_and_top_k_flagging():
     diva_jax.detect_detrimental(d, num_flagged=-1)
   with pytest.raises(ValueError, match="labels must be"):
     diva_jax.estimate_num_issues(probs, given[:10])
+
+
+def _brute_loo_mse(weights, y, z, reg):
+  """Independent oracle: the mean LOO squared error by refitting without each sample (f64)."""
+  w = np.asarray(weights, np.float64)
+  total = 0.0
+  for i in range(len(y)):
+    a = w.copy()
+    a[i] = 0.0
+    coef = np.linalg.solve(z.T @ (a[:, None] * z) + reg * np.eye(z.shape[1]),
+                           z.T @ (a[:, None] * y))
+    total += np.sum((z[i] @ coef - y[i]) ** 2)
+  return total / len(y)
+
+
+def test_reweight_line_search_against_brute_force_refits():
+  """The line search accepts the first halving of the step that satisfies the Armijo
+  condition, each loss checked by brute-force refits; the gradient by finite differences."""
+  z, labels, rng = _blobs(n=30, d=4, seed=3, sep=2.0)
+  noisy, _ = _flip(labels, 0.2, 3, rng)
+  y = np.eye(3)[noisy]
+  reg, lr, c = 2.0, 4.0, 0.9  # a demanding Armijo constant: the full step fails it
+  oracle = lambda w: _brute_loo_mse(w, y, z, reg)
+  ones = np.ones(30)
+  h = 1e-6
+  g = np.array([(oracle(ones + h * e) - oracle(ones - h * e)) / (2 * h) for e in np.eye(30)])
+  cand = [np.maximum(0, ones - (lr / 2 ** j) * g / np.abs(g).max()) for j in range(11)]
+  ok = [oracle(w) <= oracle(ones) + c * g @ (w - ones) for w in cand]
+  first = ok.index(True)
+  assert first >= 1, "the setting should need at least one backtrack"
+  res = curation.reweight(ones, y, features=z, reg=reg, steps=1, learning_rate=lr,
+                          line_search=True, armijo=c)
+  np.testing.assert_allclose(res.weights, cand[first], rtol=1e-6, atol=1e-8)
+  np.testing.assert_allclose(res.losses, [oracle(ones), oracle(cand[first])], rtol=1e-8)
+  # More steps: the LOO loss never rises (each accepted step decreases it).
+  res3 = curation.reweight(ones, y, features=z, reg=reg, steps=3, learning_rate=lr,
+                           line_search=True, armijo=c)
+  assert np.all(np.diff(res3.losses) <= 1e-12) and res3.losses[-1] < res3.losses[0]
+  np.testing.assert_allclose(res3.losses[-1], oracle(res3.weights), rtol=1e-8)
+  # No acceptable step (no backtracking allowed, a step too long to satisfy Armijo): the
+  # weights stay where they are, and so do the later steps.
+  assert not ok[0]
+  stuck = curation.reweight(ones, y, features=z, reg=reg, steps=2, learning_rate=lr,
+                            line_search=True, max_backtracks=0, armijo=c)
+  np.testing.assert_array_equal(stuck.weights, ones)
+  np.testing.assert_allclose(stuck.losses, [oracle(ones)] * 3, rtol=1e-8)
+
+
+def test_reweight_line_search_validates_its_arguments():
+  z, labels, _ = _blobs(n=40, d=3)
+  y = np.eye(3)[labels]
+  call = lambda **kw: curation.reweight(np.ones(40), y, features=z, reg=1.0,
+                                        **{"line_search": True, **kw})
+  with pytest.raises(ValueError, match="either an optimizer or line_search"):
+    call(optimizer=optax.sgd(0.1))
+  with pytest.raises(ValueError, match="armijo must be in"):
+    call(armijo=1.0)
+  with pytest.raises(ValueError, match="max_backtracks must be an integer >= 0"):
+    call(max_backtracks=-1)
+  with pytest.raises(ValueError, match="line_search must be True or False"):
+    call(line_search="yes")
+  with pytest.raises(ValueError, match="learning_rate must be a finite number > 0"):
+    call(learning_rate=0.0)
+
+
+def test_extend_core_plus_picks_and_reg_callable_against_brute_force():
+  """evaluate_on='core+picks' and a reg re-chosen per round, replayed with brute-force refits:
+  each round's picks are the pool samples with the most negative finite-difference
+  derivative of the LOO loss on the current evaluation set (core, then core + picks)."""
+  z, labels, rng = _blobs(n=24, d=3, seed=5, sep=2.0)
+  noisy, _ = _flip(labels, 0.3, 3, rng)
+  y = np.eye(3)[noisy]
+  core = np.zeros(24, bool)
+  core[:9] = True
+  regs = {9: 1.5, 11: 0.7}   # reg as a function of the training-set size
+
+  def loo_on(w, mask, reg):
+    total = 0.0
+    for i in np.flatnonzero(mask):
+      a = w.copy()
+      a[i] = 0.0
+      coef = np.linalg.solve(z.T @ (a[:, None] * z) + reg * np.eye(z.shape[1]),
+                             z.T @ (a[:, None] * y))
+      total += np.sum((z[i] @ coef - y[i]) ** 2)
+    return total / mask.sum()
+
+  w = core.astype(float)
+  expected, masks = [], []
+  for _ in range(2):
+    train = w > 0
+    reg = regs[int(train.sum())]
+    h = 1e-6
+    d = np.array([(loo_on(w + h * e, train, reg) - loo_on(w - h * e, train, reg)) / (2 * h)
+                  for e in np.eye(24)])
+    pool = np.flatnonzero(~train & (d < 0))
+    take = pool[np.argsort(d[pool])][:2]
+    expected.extend(take.tolist())
+    w[take] = 1.0
+
+  def reg_fn(mask):
+    masks.append(mask)
+    return regs[int(mask.sum())]
+  res = curation.extend(core, y, features=z, reg=reg_fn, k=2, budget=4,
+                        evaluate_on="core+picks")
+  assert res.selected.tolist() == expected
+  assert [int(m.sum()) for m in masks] == [9, 11]
+  # The first round evaluates the core only either way; 'core' differs only later.
+  plain = curation.extend(core, y, features=z, reg=1.5, k=2, budget=2)
+  assert plain.selected.tolist() == expected[:2]
+  with pytest.raises(ValueError, match="evaluate_on must be"):
+    curation.extend(core, y, features=z, reg=1.0, evaluate_on="pool")
+  with pytest.raises(ValueError, match="reg callable must return a finite number > 0"):
+    curation.extend(core, y, features=z, reg=lambda m: -1.0)

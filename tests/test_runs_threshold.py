@@ -35,6 +35,16 @@ def test_threshold_study_tiny(tmp_path):
   assert float(cell["f1_auto_mean"]) == pytest.approx(row["f1_auto"])
   with open(tmp_path / "results.json") as f:
     assert json.load(f)[0]["estimated"] == row["estimated"]
+  # Test errors (%) after removing the auto-flagged and exactly the noisy samples.
+  for key in ("test_error_before", "test_error_auto_removal", "test_error_oracle_removal"):
+    assert 0 <= row[key] <= 100
+  assert row["auto_minus_oracle"] == pytest.approx(
+      row["test_error_auto_removal"] - row["test_error_oracle_removal"])
+  assert float(cell["auto_minus_oracle_mean"]) == pytest.approx(row["auto_minus_oracle"])
+  # Detection only: no test split needed, no test-error columns.
+  c.test_errors = False
+  (row,) = threshold_study.run(c, str(tmp_path / "no_test"))["runs"]
+  assert "test_error_before" not in row
 
 
 def test_threshold_study_bad_settings(tmp_path):

@@ -6,8 +6,11 @@ rate and seed the labels are flipped (uniform noise), reg is chosen by exact LOO
 of the same derivative ranking are scored against the noise mask: the sign rule (derivative >
 0), the automatic threshold (the `estimate_num_issues` most harmful of those) and the oracle
 (the true number of noisy labels, also capped by the sign rule); for n <= cleanlab_max_n also
-cleanlab on 5-fold CV logistic-regression probabilities. Outputs: results.json (every run) and
-summary.csv (mean and std per cell).
+cleanlab on 5-fold CV logistic-regression probabilities. With `test_errors` (the default), also
+the test error (%) of the ridge head before curation, after removing the automatically flagged
+samples and after removing exactly the noisy ones (the oracle), each refit with reg re-chosen by
+exact LOO on the kept samples (as the outlier-rejection binary does). Outputs: results.json
+(every run) and summary.csv (mean and std per cell).
 """
 
 from __future__ import annotations
@@ -46,12 +49,17 @@ def validate(config) -> None:
   common.check_int(config, "seeds", 1)
   common.check_choice(config, "backbone", ("efficientnet_lite0", "pixels"))
   common.check_int(config, "cleanlab_max_n", 0)
+  common.check_int(config, "max_test", 0)
+  if not isinstance(config.test_errors, bool):
+    raise ConfigError(f"test_errors must be True or False, got {config.test_errors!r}.")
 
 
 def _setting_config(config, dataset, max_train):
   import ml_collections
   c = ml_collections.ConfigDict(config.to_dict())
-  c.dataset, c.max_train, c.max_test = dataset, max_train, 10
+  # Without test errors only a token test split is embedded (10 images): detection alone.
+  c.dataset, c.max_train = dataset, max_train
+  c.max_test = config.max_test if config.test_errors else 10
   c.noise_type, c.linearize = "uniform", "last_layer"
   return c
 
@@ -68,7 +76,7 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
     c.cache_dir = config.cache_dir or wd.file("cache")
     sub = common.Workdir(os.path.join(workdir, "settings", f"{dataset}_{max_train}"), c,
                          overwrite=True)
-    train, _ = common.prepare_features(c, sub)
+    train, test = common.prepare_features(c, sub)
     feats, num_classes = train.features, len(train.class_names)
     n = len(train.labels)
     ones = np.ones(n, np.float32)
@@ -90,13 +98,30 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
         counts = np.bincount(noisy)
         cleanlab = (f1(_cleanlab_cv_issues(feats, noisy, c))
                     if n <= config.cleanlab_max_n and counts[counts > 0].min() >= 5 else None)
+        auto = diva_jax.detect_detrimental(d, num_flagged=k)
+        errors = {}
+        if config.test_errors:
+          def refit_error(keep):  # reg re-chosen by exact LOO on the kept samples; in %
+            if not keep.any():
+              return None
+            r = common.choose_reg(c, t[keep], feats[keep])
+            return 100 * common.test_error(keep.astype(np.float32), t, feats, r,
+                                           test.features, test.labels)
+          errors = {"test_error_before": 100 * common.test_error(
+                        ones, t, feats, reg, test.features, test.labels),
+                    "test_error_auto_removal": refit_error(~auto),
+                    "test_error_sign_removal": refit_error(~(d > 0)),
+                    "test_error_oracle_removal": refit_error(~flipped)}
+          errors["auto_minus_oracle"] = (
+              None if errors["test_error_auto_removal"] is None
+              else errors["test_error_auto_removal"] - errors["test_error_oracle_removal"])
         rows.append({
             "dataset": dataset, "n": n, "noise_rate": float(rate), "seed": seed,
             "noisy": int(flipped.sum()), "estimated": k, "sign_flagged": int((d > 0).sum()),
             "f1_sign": f1(d > 0),
-            "f1_auto": f1(diva_jax.detect_detrimental(d, num_flagged=k)),
+            "f1_auto": f1(auto),
             "f1_oracle_k": f1(diva_jax.detect_detrimental(d, num_flagged=int(flipped.sum()))),
-            "f1_cleanlab_cv": cleanlab,
+            "f1_cleanlab_cv": cleanlab, **errors,
         })
   wd.write_json("results.json", rows)
   cells = {}
@@ -104,6 +129,9 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
     cells.setdefault((r["dataset"], r["n"], r["noise_rate"]), []).append(r)
   summary = {"dataset": [], "n": [], "noise_rate": [], "noisy": [], "estimated": []}
   keys = ("f1_sign", "f1_auto", "f1_oracle_k", "f1_cleanlab_cv")
+  if config.test_errors:
+    keys += ("test_error_before", "test_error_auto_removal", "test_error_sign_removal",
+             "test_error_oracle_removal", "auto_minus_oracle")
   for key in keys:
     summary[f"{key}_mean"], summary[f"{key}_std"] = [], []
   for (dataset, n, rate), rs in cells.items():
@@ -113,13 +141,15 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
     summary["noisy"].append(float(np.mean([r["noisy"] for r in rs])))
     summary["estimated"].append(float(np.mean([r["estimated"] for r in rs])))
     for key in keys:
-      vals = [r[key] for r in rs if r[key] is not None]
+      vals = [r[key] for r in rs if r.get(key) is not None]
       summary[f"{key}_mean"].append(float(np.mean(vals)) if vals else float("nan"))
       summary[f"{key}_std"].append(float(np.std(vals)) if vals else float("nan"))
   wd.write_csv("summary.csv", summary)
   if common.is_main_process():
     print("dataset n noise | noisy estimated | F1 sign | F1 auto | F1 oracle-k | "
-          "F1 cleanlab-CV")
+          "F1 cleanlab-CV" + (" | test error % before | after auto removal | after sign "
+                              "removal | after oracle removal | auto - oracle"
+                              if config.test_errors else ""))
     for i in range(len(summary["dataset"])):
       print(f"{summary['dataset'][i]} {summary['n'][i]} {summary['noise_rate'][i]:.0%} | "
             f"{summary['noisy'][i]:.0f} {summary['estimated'][i]:.0f} | " + " | ".join(
