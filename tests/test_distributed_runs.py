@@ -197,7 +197,8 @@ def test_two_process_sweep_runs_each_point_once_like_a_local_sweep(tmp_path):
       "def get_hyper(h):\n"
       "  return h.product([h.sweep('config.noise_rate', [0.1, 0.3]),\n"
       "                    h.sweep('config.loss', ['mse', 'ce'])])\n")
-  extra = ["--"] + SMALL + ["--config.sensitivity_reg_multipliers=(1.0,)"]
+  extra = ["--"] + SMALL + ["--config.sensitivity_reg_multipliers=(1.0,)",
+                            "--config.baselines=False"]
   base = [f"--config={cfg}", "--binary=experiments.outlier_rejection"]
   local_logs = _wait(_start("experiments.sweep", base + [f"--workdir={tmp_path / 'local'}"]
                             + extra))
