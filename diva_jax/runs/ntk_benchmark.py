@@ -8,6 +8,11 @@ linen, a plain JAX function over a list of dicts, flax nnx), and a small two-con
 (linen), traced NTK, float64, x2 = x1. Each 'structured' row also records how many
 parameter leaves were structured / explicit / fallback (``diva_jax.ntk.ntk_plan``).
 
+Optionally (``effnet_sizes``) the pretrained EfficientNet-Lite0 backbone at 96 px, float32,
+traced over its 1280 pooled features, linearised over the parameters matching
+``effnet_params`` (default: the head, last 1x1 conv + BN; ``'^params/(head_(conv|bn)|block_15)/'``
+adds the last MBConv block, ``'^params/'`` is the whole network), 'structured' only, x2 = None.
+
 Throughput is n^2 / seconds (best of `repeats` runs after compilation). Peak memory is
 XLA's compiled-memory analysis of the jitted kernel (arguments + outputs + temporaries),
 which on CPU is the buffer peak of the program. float64 runs under `jax.enable_x64(True)`:
@@ -133,6 +138,42 @@ def measure(kernel_fn, x, params, repeats):
               samples2_per_second=n * n / best, peak_bytes=peak), k
 
 
+def _effnet_rows(sizes, params_regex, repeats, block_size):
+  """EfficientNet-Lite0 (pretrained, 96 px, float32) kernel rows, traced over 1280 features."""
+  from diva_jax import models
+  from diva_jax._tree_utils import parameter_paths
+  from diva_jax._tree_utils import path_matches
+  backbone = models.efficientnet_lite0(pretrained=True, input_size=96)
+  trainable = path_matches(params_regex)
+  leaves = jax.tree_util.tree_leaves(backbone.params)
+  n_params = sum(l.size for p, l in zip(parameter_paths(backbone.params), leaves)
+                 if trainable(p))
+  rows = []
+  for n in sizes:
+    x = jax.random.normal(jax.random.key(0), (n, 96, 96, 3), jnp.float32)
+    bs = block_size if n > block_size else None
+    kf = ntk.empirical_ntk_fn(backbone.apply_fn, trace_axes=(-1,), trainable=trainable,
+                              block_size=bs)
+    res, _ = measure(lambda x1, x2, p: kf(x1, None, p), x, backbone.params, repeats)
+    res.update(model="efficientnet_lite0_96px", n=n, implementation="structured",
+               block_size=bs, n_params=n_params, params=params_regex, float="float32",
+               trace_axes=[-1], leaves=_plan_counts_kw(backbone.apply_fn, backbone.params, x,
+                                                        bs, trainable))
+    rows.append(res)
+    print(f"effnet    n={n:5d} structured {res['seconds']:9.4f} s "
+          f"{res['samples2_per_second']:12.4g} n^2/s peak "
+          f"{res['peak_bytes'] / 2**20 if res['peak_bytes'] else -1:9.1f} MiB "
+          f"(compile {res['compile_seconds']:.1f} s) {res['leaves']}", flush=True)
+  return rows
+
+
+def _plan_counts_kw(apply_fn, params, x, block_size, trainable):
+  counts = {}
+  for leaf in ntk.ntk_plan(apply_fn, params, x, block_size=block_size, trainable=trainable):
+    counts[leaf.kind] = counts.get(leaf.kind, 0) + 1
+  return counts
+
+
 def _rows(sizes, repeats, max_baseline_n, block_size, skip):
   rows = []
   for name, (apply_fn, init, shape) in _models().items():
@@ -169,17 +210,23 @@ def run(workdir: str, *, mlp_sizes: Sequence[int] = (64, 256, 1024),
         cnn_sizes: Sequence[int] = (32, 128, 256),
         plain_mlp_sizes: Sequence[int] = (256,), nnx_mlp_sizes: Sequence[int] = (256,),
         repeats: int = 3, max_baseline_n: int = 256, block_size: int = 256,
-        skip: Sequence[str] = ()) -> list:
+        skip: Sequence[str] = (), effnet_sizes: Sequence[int] = (),
+        effnet_params: str = r"^params/head_(conv|bn)/", effnet_block_size: int = 32) -> list:
   """Runs every case; returns the result rows (also <workdir>/ntk_benchmark.json).
 
   ``mlp_sizes`` (linen), ``plain_mlp_sizes``, ``nnx_mlp_sizes`` and ``cnn_sizes`` are the
   sample counts n per model. ``skip``: ``'model:implementation'`` cases not to run (e.g.
-  ``'cnn:ntk_vector_products'``, over 18 GB at n = 256).
+  ``'cnn:ntk_vector_products'``, over 18 GB at n = 256). ``effnet_sizes``: n for the
+  pretrained EfficientNet-Lite0 (float32, traced over its 1280 features, the parameters
+  matching ``effnet_params``, blocks of ``effnet_block_size`` above it); none by default
+  (about 170 MB of cotangents per sample in a block for the head).
   """
   sizes = {"mlp": mlp_sizes, "mlp_plain": plain_mlp_sizes, "mlp_nnx": nnx_mlp_sizes,
            "cnn": cnn_sizes}
   with jax.enable_x64(True):
     rows = _rows(sizes, repeats, max_baseline_n, block_size, set(skip))
+  if effnet_sizes:
+    rows += _effnet_rows(effnet_sizes, effnet_params, repeats, effnet_block_size)
   os.makedirs(workdir, exist_ok=True)
   out = dict(jax_version=jax.__version__, backend=jax.default_backend(),
              devices=str(jax.devices()[0]), float="float64", rows=rows)
