@@ -29,6 +29,13 @@ def get_config(arg=None):
   c.loss = "ce"
   c.temperature = 0.3
   c.detection_reg_multiplier = 10.0
+  # Also flag at a multiplier chosen without test labels or noise mask
+  # (diva_jax.choose_detection_reg): "" = off, "loo" (weighted exact LOO error against the
+  # noisy labels of the refit after removal) or "cv" (k-fold CV of the whole procedure).
+  c.choose_multiplier = ""
+  c.multiplier_grid = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
+  c.choice_folds = 5
+  c.choice_criterion = "mse"     # mse | error: what the rule minimises on held-out samples
   c.reg = 0.0
   c.linearize = "last_layer"
   c.linearize_params = r"^params/head_(conv|bn)/"

@@ -26,6 +26,8 @@ from diva_jax.curation import ReweightResult
 from diva_jax.curation import auroc
 from diva_jax.curation import detect_detrimental
 from diva_jax.curation import detection_metrics
+from diva_jax.detection import DetectionRegChoice
+from diva_jax.detection import choose_detection_reg
 from diva_jax.detection import estimate_num_issues
 from diva_jax.curation import extend
 from diva_jax.curation import group_derivative
@@ -48,11 +50,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS", "LOSSES", "LooResult", "RegSelection", "DetectionMetrics", "ExtendResult",
-    "GroupReweightResult", "ReweightResult",
+    "GroupReweightResult", "ReweightResult", "DetectionRegChoice",
     "loo_predictions", "loo_loss", "loo_loss_and_derivative", "dataset_derivative",
     "reference_loo_loss", "streamed_loo_loss_and_derivative", "select_reg", "ridge_predict",
     "validation_loss", "validation_derivative",
-    "auroc", "detect_detrimental", "detection_metrics", "estimate_num_issues", "extend", "group_derivative",
+    "auroc", "detect_detrimental", "detection_metrics", "estimate_num_issues", "choose_detection_reg",
+    "extend", "group_derivative",
     "reweight", "reweight_groups", "tune_augmentations",
     "linearize", "parameter_paths", "path_excludes", "path_matches",
     "empirical_ntk_fn", "jacobian_features", "projected_jacobian_features",

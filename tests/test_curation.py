@@ -487,3 +487,116 @@ def test_extend_core_plus_picks_and_reg_callable_against_brute_force():
     curation.extend(core, y, features=z, reg=1.0, evaluate_on="pool")
   with pytest.raises(ValueError, match="reg callable must return a finite number > 0"):
     curation.extend(core, y, features=z, reg=lambda m: -1.0)
+
+
+# ----------------------------------------------------------------------------------------
+# choose_detection_reg: the multiple of reg for detection, chosen without a noise mask.
+# ----------------------------------------------------------------------------------------
+
+
+def _ridge_fit_predict(x, y, reg, x_new):
+  """Plain numpy ridge (float64): w = (X^T X + reg I)^-1 X^T Y, predictions on x_new."""
+  w = np.linalg.solve(x.T @ x + reg * np.eye(x.shape[1]), x.T @ y)
+  return x_new @ w
+
+
+def _brute_force_removal(x, y, labels, reg, mult, loss, temperature, k, refit_reg, test=None,
+                         criterion="error"):
+  """Flags by autodiff of the plain closed form, then refits by explicit solves: the LOO
+  error over every sample (test None) or the error on test = (x_te, labels_te)."""
+  n = len(labels)
+  if k is None:  # the automatic threshold on brute-force LOO probabilities
+    loo = np.stack([_ridge_fit_predict(np.delete(x, i, 0), np.delete(y, i, 0), reg, x[i])
+                    for i in range(n)])
+    z = loo / temperature
+    p = np.exp(z - z.max(1, keepdims=True))
+    k = diva_jax.estimate_num_issues(p / p.sum(1, keepdims=True), labels)
+  d = np.asarray(jax.grad(lambda a: diva_jax.reference_loo_loss(
+      a, y, features=x, reg=reg * mult, loss=loss, temperature=temperature))(np.ones(n)))
+  order = [i for i in np.argsort(-d) if d[i] > 0][:k]
+  keep = np.ones(n, bool)
+  keep[order] = False
+  r = (float(diva_jax.select_reg(y[keep], features=x[keep], loss=loss,
+                                 temperature=temperature).reg)
+       if refit_reg is None else refit_reg)
+  score = ((lambda p, yy, lab: np.sum(p.argmax(-1) != lab)) if criterion == "error"
+           else (lambda p, yy, lab: np.sum((p - yy) ** 2)))
+  if test is not None:
+    pred = _ridge_fit_predict(x[keep], y[keep], r, test[0])
+    return int((~keep).sum()), score(pred, np.eye(y.shape[1])[test[1]], test[1])
+  total = 0.0
+  for i in range(n):
+    fit = keep.copy()
+    fit[i] = False
+    total += score(_ridge_fit_predict(x[fit], y[fit], r, x[i]), y[i], labels[i])
+  return int((~keep).sum()), total / n
+
+
+@pytest.mark.filterwarnings("ignore:select_reg")  # tiny problem: its reg at the grid's edge
+@pytest.mark.parametrize("refit_reg,num_flagged,criterion",
+                         [(None, None, "error"), (2.0, 9, "error"), (None, None, "mse")])
+def test_choose_detection_reg_loo_matches_brute_force(refit_reg, num_flagged, criterion):
+  z, labels, rng = _blobs(n=70, d=4, sep=1.5)
+  noisy, _ = _flip(labels, 0.2, 3, rng)
+  y = np.eye(3)[noisy]
+  reg, mults, temp = 0.5, (0.3, 3.0, 30.0), 0.5
+  res = diva_jax.choose_detection_reg(y, z, noisy, reg=reg, multipliers=mults, loss="ce",
+                                      temperature=temp, num_flagged=num_flagged,
+                                      refit_reg=refit_reg, criterion=criterion)
+  ref = [_brute_force_removal(z, y, noisy, reg, m, "ce", temp, num_flagged, refit_reg,
+                              criterion=criterion) for m in mults]
+  np.testing.assert_array_equal(res.num_flagged, [r[0] for r in ref])
+  np.testing.assert_allclose(res.errors, [r[1] for r in ref], rtol=1e-9, atol=1e-12)
+  np.testing.assert_array_equal(res.multipliers, mults)
+  assert res.multiplier == mults[int(np.argmin([r[1] for r in ref]))]
+  assert res.method == "loo" and res.num_flagged.min() > 0
+  best = int(np.argmin(res.errors))
+  assert res.flagged.dtype == bool and res.flagged.sum() == res.num_flagged[best]
+
+
+def test_choose_detection_reg_cv_matches_brute_force():
+  z, labels, rng = _blobs(n=60, d=4, sep=1.5, seed=1)
+  noisy, _ = _flip(labels, 0.2, 3, rng)
+  y = np.eye(3)[noisy]
+  reg, mults = 0.5, (1.0, 10.0)
+  res = diva_jax.choose_detection_reg(y, z, noisy, reg=reg, multipliers=mults, method="cv",
+                                      folds=3, seed=4, refit_reg=1.0, criterion="error")
+  fold = np.random.default_rng(4).permutation(60) % 3
+  flagged, wrong = np.zeros(2), np.zeros(2)
+  for f in range(3):
+    tr, te = fold != f, fold == f
+    for i, m in enumerate(mults):
+      nf, w = _brute_force_removal(z[tr], y[tr], noisy[tr], reg, m, "mse", 1.0, None, 1.0,
+                                   test=(z[te], noisy[te]))
+      flagged[i] += nf
+      wrong[i] += w
+  np.testing.assert_array_equal(res.num_flagged, flagged)
+  np.testing.assert_allclose(res.errors, wrong / 60, atol=1e-12)
+  assert res.multiplier == mults[int(np.argmin(wrong))]
+  # The flags on all the data at the chosen multiplier: the automatic threshold's top k.
+  full = diva_jax.choose_detection_reg(y, z, noisy, reg=reg, multipliers=(res.multiplier,),
+                                       refit_reg=1.0)
+  np.testing.assert_array_equal(res.flagged, full.flagged)
+
+
+def test_choose_detection_reg_argument_errors():
+  z, y = _small()
+  labels = y.argmax(1)
+  ok = dict(reg=1.0)
+  cases = [
+      (dict(multipliers=()), "multipliers"), (dict(multipliers=(1.0, -2.0)), "multipliers"),
+      (dict(multipliers=5.0), "multipliers"), (dict(method="kfold"), "method"),
+      (dict(reg=0.0), "reg"), (dict(num_flagged=-1), "num_flagged"),
+      (dict(refit_reg=np.inf), "refit_reg"), (dict(folds=1), "folds"),
+      (dict(method="cv", folds=41), "folds"), (dict(loss="hinge"), "loss"),
+      (dict(temperature=0.0), "temperature"), (dict(criterion="f1"), "criterion"),
+  ]
+  for kwargs, match in cases:
+    with pytest.raises(ValueError, match=match):
+      diva_jax.choose_detection_reg(y, z, labels, **{**ok, **kwargs})
+  with pytest.raises(ValueError, match="labels"):
+    diva_jax.choose_detection_reg(y, z, labels[:-1], reg=1.0)
+  with pytest.raises(ValueError, match="labels"):
+    diva_jax.choose_detection_reg(y, z, labels + 3, reg=1.0)
+  with pytest.raises(ValueError, match="rows"):
+    diva_jax.choose_detection_reg(y, z[:-1], labels, reg=1.0)

@@ -9,7 +9,10 @@ of the same derivative ranking are scored against the noise mask: the sign rule 
 cleanlab on 5-fold CV logistic-regression probabilities. With `test_errors` (the default), also
 the test error (%) of the ridge head before curation, after removing the automatically flagged
 samples and after removing exactly the noisy ones (the oracle), each refit with reg re-chosen by
-exact LOO on the kept samples (as the outlier-rejection binary does). Outputs: results.json
+exact LOO on the kept samples (as the outlier-rejection binary does). With `choose_multiplier`
+("loo" or "cv"), also the multiplier chosen by `diva_jax.choose_detection_reg` from
+`multiplier_grid` (no test labels, no noise mask), the F1 and test error of removing what it
+flags, and that error minus the oracle's. Outputs: results.json
 (every run) and summary.csv (mean and std per cell).
 """
 
@@ -52,6 +55,13 @@ def validate(config) -> None:
   common.check_int(config, "max_test", 0)
   if not isinstance(config.test_errors, bool):
     raise ConfigError(f"test_errors must be True or False, got {config.test_errors!r}.")
+  common.check_choice(config, "choose_multiplier", ("", "loo", "cv"))
+  grid = tuple(config.multiplier_grid)
+  if not grid or not all(isinstance(m, (int, float)) and not isinstance(m, bool) and m > 0
+                         for m in grid):
+    raise ConfigError(f"multiplier_grid must list numbers > 0, got {grid}.")
+  common.check_int(config, "choice_folds", 2)
+  common.check_choice(config, "choice_criterion", ("mse", "error"))
 
 
 def _setting_config(config, dataset, max_train):
@@ -115,6 +125,18 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
           errors["auto_minus_oracle"] = (
               None if errors["test_error_auto_removal"] is None
               else errors["test_error_auto_removal"] - errors["test_error_oracle_removal"])
+        if config.choose_multiplier:
+          ch = diva_jax.choose_detection_reg(
+              t, feats, noisy, reg=reg, multipliers=tuple(config.multiplier_grid),
+              method=config.choose_multiplier, loss=c.loss, temperature=c.temperature,
+              criterion=config.choice_criterion, folds=int(config.choice_folds), seed=seed)
+          errors.update({"chosen_multiplier": ch.multiplier, "f1_chosen": f1(ch.flagged),
+                         "choice_scores": [float(e) for e in ch.errors]})
+          if config.test_errors:
+            errors["test_error_chosen_removal"] = refit_error(~ch.flagged)
+            errors["chosen_minus_oracle"] = (
+                None if errors["test_error_chosen_removal"] is None
+                else errors["test_error_chosen_removal"] - errors["test_error_oracle_removal"])
         rows.append({
             "dataset": dataset, "n": n, "noise_rate": float(rate), "seed": seed,
             "noisy": int(flipped.sum()), "estimated": k, "sign_flagged": int((d > 0).sum()),
@@ -132,6 +154,9 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
   if config.test_errors:
     keys += ("test_error_before", "test_error_auto_removal", "test_error_sign_removal",
              "test_error_oracle_removal", "auto_minus_oracle")
+  if config.choose_multiplier:
+    keys += ("chosen_multiplier", "f1_chosen") + (
+        ("test_error_chosen_removal", "chosen_minus_oracle") if config.test_errors else ())
   for key in keys:
     summary[f"{key}_mean"], summary[f"{key}_std"] = [], []
   for (dataset, n, rate), rs in cells.items():
@@ -149,7 +174,10 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
     print("dataset n noise | noisy estimated | F1 sign | F1 auto | F1 oracle-k | "
           "F1 cleanlab-CV" + (" | test error % before | after auto removal | after sign "
                               "removal | after oracle removal | auto - oracle"
-                              if config.test_errors else ""))
+                              if config.test_errors else "")
+          + (" | chosen multiplier | F1 chosen" + (" | after chosen removal | chosen - oracle"
+                                                    if config.test_errors else "")
+             if config.choose_multiplier else ""))
     for i in range(len(summary["dataset"])):
       print(f"{summary['dataset'][i]} {summary['n'][i]} {summary['noise_rate'][i]:.0%} | "
             f"{summary['noisy'][i]:.0f} {summary['estimated'][i]:.0f} | " + " | ".join(
