@@ -135,16 +135,23 @@ class DetectionRegChoice(NamedTuple):
   flagged: np.ndarray        # [n] bool: the flags on all the data at the chosen multiplier
 
 
+def _auto_num_flagged(targets, x, labels, reg, temperature):
+  """The automatic threshold: `estimate_num_issues` on softmax(exact LOO at reg / T)."""
+  import diva_jax
+  loo = np.asarray(diva_jax.loo_predictions(np.ones(x.shape[0], x.dtype), targets, features=x,
+                                            reg=reg), np.float64)
+  z = loo / temperature
+  p = np.exp(z - z.max(1, keepdims=True))
+  return estimate_num_issues(p / p.sum(1, keepdims=True), labels)
+
+
 def _flags(targets, x, labels, reg, mult, loss, temperature, num_flagged):
   """`detect_detrimental` at reg * mult with num_flagged (None: the automatic threshold)."""
   import diva_jax
   n = x.shape[0]
   ones = np.ones(n, x.dtype)
   if num_flagged is None:
-    loo = np.asarray(diva_jax.loo_predictions(ones, targets, features=x, reg=reg), np.float64)
-    z = loo / temperature
-    p = np.exp(z - z.max(1, keepdims=True))
-    num_flagged = estimate_num_issues(p / p.sum(1, keepdims=True), labels)
+    num_flagged = _auto_num_flagged(targets, x, labels, reg, temperature)
   d = np.asarray(diva_jax.dataset_derivative(ones, targets, features=x, reg=reg * mult,
                                              loss=loss, temperature=temperature))
   return detect_detrimental(d, num_flagged=min(int(num_flagged), n))
@@ -215,7 +222,8 @@ def choose_detection_reg(targets, features, labels, *, reg, multipliers=(1, 3, 1
 
   Returns:
     A `DetectionRegChoice` (multiplier, multipliers, errors, num_flagged, method, flagged:
-    the samples to remove, flagged on all the data at the chosen multiplier). A candidate that flags all but fewer than 2 samples scores error 1.
+    the samples to remove, flagged on all the data at the chosen multiplier; `errors` holds
+    the criterion per candidate). A candidate that keeps fewer than 2 samples scores +inf.
 
   Raises:
     ValueError: on bad arguments (named), before anything is computed.
@@ -262,8 +270,10 @@ def choose_detection_reg(targets, features, labels, *, reg, multipliers=(1, 3, 1
   errors, flagged_counts = np.zeros(len(mults)), np.zeros(len(mults), np.int64)
   all_flags = []
   if method == "loo":
+    k = (_auto_num_flagged(y, x, lab, reg, temperature) if num_flagged is None
+         else num_flagged)  # the same for every candidate
     for i, m in enumerate(mults):
-      flagged = _flags(y, x, lab, reg, m, loss, temperature, num_flagged)
+      flagged = _flags(y, x, lab, reg, m, loss, temperature, k)
       pred = _refit_predictions(y, x, ~flagged, loss, temperature, refit_reg, None)
       all_flags.append(flagged)
       flagged_counts[i] = flagged.sum()
@@ -272,7 +282,8 @@ def choose_detection_reg(targets, features, labels, *, reg, multipliers=(1, 3, 1
     fold = np.random.default_rng(seed).permutation(n) % folds
     for f in range(folds):
       tr, te = fold != f, fold == f
-      k = None if num_flagged is None else int(round(num_flagged * tr.sum() / n))
+      k = (_auto_num_flagged(y[tr], x[tr], lab[tr], reg, temperature) if num_flagged is None
+           else int(round(num_flagged * tr.sum() / n)))
       for i, m in enumerate(mults):
         flagged = _flags(y[tr], x[tr], lab[tr], reg, m, loss, temperature, k)
         pred = _refit_predictions(y[tr], x[tr], ~flagged, loss, temperature, refit_reg, x[te])
