@@ -274,6 +274,14 @@ def one_hot(labels, num_classes):
   return np.eye(num_classes, dtype=np.float32)[labels]
 
 
+def single_blas_thread():
+  """A context limiting NumPy/SciPy's BLAS to one thread (threadpoolctl, a scikit-learn
+  dependency): for the baselines' many small products, where BLAS threads next to JAX's
+  thread pool oversubscribe the cores."""
+  from threadpoolctl import threadpool_limits
+  return threadpool_limits(limits=1, user_api="blas")
+
+
 class Timer:
   def __enter__(self):
     self.start = time.perf_counter()

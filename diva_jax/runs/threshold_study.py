@@ -32,9 +32,10 @@ def _cleanlab_cv_issues(feats, noisy, config):
   from cleanlab.filter import find_label_issues
   from sklearn.linear_model import LogisticRegression
   from sklearn.model_selection import cross_val_predict
-  probs = cross_val_predict(LogisticRegression(max_iter=config.logistic_max_iter,
-                                               C=config.logistic_c),
-                            feats, noisy, cv=5, method="predict_proba")
+  with common.single_blas_thread():  # see outlier_rejection's baseline
+    probs = cross_val_predict(LogisticRegression(max_iter=config.logistic_max_iter,
+                                                 C=config.logistic_c),
+                              feats, noisy, cv=5, method="predict_proba")
   return find_label_issues(noisy, probs, n_jobs=1)
 
 
