@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import time
+import zipfile
 from typing import Any, Callable, Mapping
 
 from absl import logging
@@ -163,7 +164,7 @@ class Workdir:
         with open(path, "rb") as f:
           data = f.read()
         load(data)
-      except (OSError, ValueError, EOFError, KeyError):
+      except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
         data = b""  # corrupt: recompute (atomic writes make this rare)
     data = dist.broadcast_bytes(data)
     if data:
