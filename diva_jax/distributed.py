@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import io
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import jax
 import numpy as np
@@ -227,14 +227,6 @@ def sharded_features(backbone, images: np.ndarray, *, batch_size: int = 64,
                                 devices=local_devices)
   counts = allgather_ints([stop - start])[:, 0]
   return ShardedFeatures(gather_rows(mine, n), stop - start, [int(c) for c in counts])
-
-
-def replicate_tree(tree: Any) -> Any:
-  """``tree`` (NumPy leaves, identical on every process) as process 0's values everywhere."""
-  leaves, treedef = jax.tree_util.tree_flatten(tree)
-  data = broadcast_bytes(save_npz_bytes({str(i): np.asarray(v) for i, v in enumerate(leaves)}))
-  out = load_npz_bytes(data)
-  return jax.tree_util.tree_unflatten(treedef, [out[str(i)] for i in range(len(leaves))])
 
 
 # ----------------------------------------------------------------------------------------

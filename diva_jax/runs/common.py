@@ -274,6 +274,19 @@ def one_hot(labels, num_classes):
   return np.eye(num_classes, dtype=np.float32)[labels]
 
 
+def cv_logistic_probs(features, labels, config) -> np.ndarray:
+  """5-fold cross-validated logistic-regression class probabilities (cleanlab's usual
+  recipe; config.logistic_max_iter / logistic_c), with one BLAS thread: lbfgs's many small
+  products with OpenBLAS threads beside JAX's thread pool ran 10-60x slower here (36 s vs
+  0.6 s on the runlocal job), so the baseline is timed at its best."""
+  from sklearn.linear_model import LogisticRegression
+  from sklearn.model_selection import cross_val_predict
+  with single_blas_thread():
+    return cross_val_predict(LogisticRegression(max_iter=config.logistic_max_iter,
+                                                C=config.logistic_c),
+                             features, labels, cv=5, method="predict_proba")
+
+
 def single_blas_thread():
   """A context limiting NumPy/SciPy's BLAS to one thread (threadpoolctl, a scikit-learn
   dependency): for the baselines' many small products, where BLAS threads next to JAX's

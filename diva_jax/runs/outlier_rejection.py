@@ -74,20 +74,12 @@ def _baselines(config, feats, targets, noisy, flipped, reg, num_classes):
                     t_loo + time.perf_counter() - start)
 
   def cleanlab_cv_logistic():
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import cross_val_predict
     counts = np.bincount(noisy)
     if counts[counts > 0].min() < 5:
       raise ValueError(f"5-fold CV needs >= 5 samples of every class present, the smallest "
                        f"has {counts[counts > 0].min()}")
     start = time.perf_counter()
-    # One BLAS thread: lbfgs's many small products with OpenBLAS threads next to JAX's
-    # thread pool ran 10-60x slower here (36 s vs 0.6 s on the runlocal job); the baseline is
-    # timed at its best.
-    with common.single_blas_thread():
-      cv_probs = cross_val_predict(LogisticRegression(max_iter=config.logistic_max_iter,
-                                                      C=config.logistic_c),
-                                   feats, noisy, cv=5, method="predict_proba")
+    cv_probs = common.cv_logistic_probs(feats, noisy, config)
     issues = find_label_issues(noisy, cv_probs, n_jobs=1)
     score = -get_label_quality_scores(noisy, cv_probs)
     return _metrics(issues.astype(float) - 0.5, flipped, score, time.perf_counter() - start)

@@ -5,6 +5,17 @@ from __future__ import annotations
 import numpy as np
 
 
+def save_png(path: str, fig, write: bool = True) -> None:
+  """Writes `fig` as a PNG atomically (if `write`: process 0), then closes it."""
+  if write:
+    import io
+    from diva_jax import io_utils
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    io_utils.atomic_write_bytes(path, buf.getvalue())
+  _plt().close(fig)
+
+
 def _plt():
   import matplotlib
   matplotlib.use("Agg")

@@ -164,6 +164,7 @@ def write_summary(workdir: str, results: list[dict]) -> None:
   of its metrics.json) and `sweep.png` (the main metrics across runs); process 0 only."""
   from diva_jax import distributed
   from diva_jax import io_utils
+  from diva_jax.runs.workdir import csv_cell
   if distributed.process_index() != 0 or not results:
     return
   keys_ov = list(dict.fromkeys(k for r in results for k in r["overrides"]))
@@ -175,7 +176,7 @@ def write_summary(workdir: str, results: list[dict]) -> None:
     cells = [r["index"], os.path.basename(r["workdir"]), r["returncode"], int(r["skipped"])]
     cells += [r["overrides"].get(k, "") for k in keys_ov]
     cells += [m.get(k, "") for k in keys_m]
-    lines.append(",".join(_cell(c) for c in cells))
+    lines.append(",".join(csv_cell(c) for c in cells))
   io_utils.atomic_write_text(os.path.join(workdir, "sweep.csv"), "\n".join(lines) + "\n")
   shown = [k for k in ("detection_f1", "detection_auroc", "test_error_before",
                        "test_error_after") if k in keys_m] or keys_m[:4]
@@ -184,17 +185,7 @@ def write_summary(workdir: str, results: list[dict]) -> None:
     fig = plots.sweep_plot([os.path.basename(r["workdir"]) for r in results],
                            {k: [_scalars(r.get("metrics")).get(k) for r in results]
                             for k in shown})
-    import io
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    io_utils.atomic_write_bytes(os.path.join(workdir, "sweep.png"), buf.getvalue())
-    import matplotlib.pyplot as plt
-    plt.close(fig)
-
-
-def _cell(v) -> str:
-  s = f"{v:.9g}" if isinstance(v, float) else str(v)
-  return f'"{s}"' if ("," in s or '"' in s) else s
+    plots.save_png(os.path.join(workdir, "sweep.png"), fig)
 
 
 def _feature_key(cfg) -> Optional[tuple]:

@@ -30,13 +30,7 @@ def _cleanlab_cv_issues(feats, noisy, config):
   """cleanlab's usual recipe: find_label_issues on 5-fold CV logistic-regression
   probabilities (the outlier-rejection binary's baseline)."""
   from cleanlab.filter import find_label_issues
-  from sklearn.linear_model import LogisticRegression
-  from sklearn.model_selection import cross_val_predict
-  with common.single_blas_thread():  # see outlier_rejection's baseline
-    probs = cross_val_predict(LogisticRegression(max_iter=config.logistic_max_iter,
-                                                 C=config.logistic_c),
-                              feats, noisy, cv=5, method="predict_proba")
-  return find_label_issues(noisy, probs, n_jobs=1)
+  return find_label_issues(noisy, common.cv_logistic_probs(feats, noisy, config), n_jobs=1)
 
 
 def validate(config) -> None:

@@ -212,18 +212,13 @@ class Workdir:
     cols = [np.asarray(columns[k]) for k in keys]
     lines = [",".join(keys)]
     for row in zip(*cols):
-      lines.append(",".join(_csv_cell(v) for v in row))
+      lines.append(",".join(csv_cell(v) for v in row))
     io_utils.atomic_write_text(self.file(name), "\n".join(lines) + "\n")
 
   def savefig(self, name: str, fig) -> None:
+    from diva_jax.runs import plots
     self.commit()
-    if self.write:
-      import io
-      buf = io.BytesIO()
-      fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-      io_utils.atomic_write_bytes(self.file(name), buf.getvalue())
-    import matplotlib.pyplot as plt
-    plt.close(fig)
+    plots.save_png(self.file(name), fig, self.write)
 
 
 def remove_outputs(path: str) -> None:
@@ -244,7 +239,8 @@ def to_json(obj) -> Any:
   return io_utils.finite_json(json.loads(json.dumps(obj, default=_to_builtin)))
 
 
-def _csv_cell(v) -> str:
+def csv_cell(v) -> str:
+  """One CSV cell: bools as 1/0, floats to 9 digits, text quoted if it holds , or "."""
   if isinstance(v, (bool, np.bool_)):
     return "1" if v else "0"
   if isinstance(v, (float, np.floating)):
