@@ -23,7 +23,7 @@ from diva_jax._curation_checks import check_mask as _check_mask
 from diva_jax._curation_checks import check_real as _check_real
 
 __all__ = ["DetectionMetrics", "DetectionRegChoice", "detect_detrimental", "detection_metrics",
-           "auroc", "estimate_num_issues", "choose_detection_reg"]
+           "auroc", "estimate_num_issues", "confident_joint", "choose_detection_reg"]
 
 
 def detect_detrimental(derivative, eps: float = 0.0, *, num_flagged=None) -> np.ndarray:
@@ -60,6 +60,15 @@ def estimate_num_issues(probs, labels) -> int:
   Returns:
     The estimated number of mislabelled samples, an int in [0, n].
   """
+  calibrated = confident_joint(probs, labels)
+  n = np.shape(probs)[0]
+  return int(min(n, round(float(calibrated.sum() - np.trace(calibrated)))))
+
+
+def confident_joint(probs, labels) -> np.ndarray:
+  """The [c, c] calibrated confident joint (rows: given label, columns: likely true label)
+  that `estimate_num_issues` sums off the diagonal; its off-diagonal row sums are the
+  per-class numbers of label issues (cleanlab's prune-by-class counts). Same args."""
   p = _check_array("probs", probs, "[n, c]", 2).astype(np.float64)
   n, c = p.shape
   y = np.asarray(labels)
@@ -76,8 +85,7 @@ def estimate_num_issues(probs, labels) -> int:
   joint = np.zeros((c, c))
   np.add.at(joint, (y[confident], assigned[confident]), 1.0)
   rows = joint.sum(axis=1, keepdims=True)
-  calibrated = np.divide(joint, rows, out=np.zeros_like(joint), where=rows > 0) * counts[:, None]
-  return int(min(n, round(float(calibrated.sum() - np.trace(calibrated)))))
+  return np.divide(joint, rows, out=np.zeros_like(joint), where=rows > 0) * counts[:, None]
 
 
 def auroc(scores, labels) -> float:

@@ -57,6 +57,7 @@ from diva_jax.runs.config_checks import check_dataset  # noqa: E402,F401
 from diva_jax.runs.config_checks import check_float  # noqa: E402,F401
 from diva_jax.runs.config_checks import check_int  # noqa: E402,F401
 from diva_jax.runs.config_checks import check_ints  # noqa: E402,F401
+from diva_jax.runs.config_checks import check_settings  # noqa: E402,F401
 from diva_jax.runs.workdir import Workdir  # noqa: E402,F401
 from diva_jax.runs.workdir import _jsonable  # noqa: E402,F401
 from diva_jax.runs.workdir import is_main_process  # noqa: E402,F401

@@ -99,6 +99,23 @@ def check_dataset(name) -> None:
                     "(e.g. 'mnist', 'cifar10').")
 
 
+
+def check_settings(config, name: str = "settings") -> list:
+  """config[name]: a non-empty list of 'dataset:max_train' entries (0 = all) -> [(dataset,
+  max_train)], each dataset checked by `check_dataset`."""
+  entries = tuple(config[name])
+  if not entries:
+    raise ConfigError(f"{name} must list at least one 'dataset:max_train' entry.")
+  out = []
+  for s in entries:
+    dataset, _, max_train = str(s).partition(":")
+    if not dataset or not max_train.isdigit():
+      raise ConfigError(f"{name} entries are 'dataset:max_train' (0 = all), got {s!r}.")
+    check_dataset(dataset)
+    out.append((dataset, int(max_train)))
+  return out
+
+
 def check_common(config) -> None:
   """The fields the binaries share (those present in `config`)."""
   import diva_jax

@@ -35,13 +35,7 @@ def _cleanlab_cv_issues(feats, noisy, config):
 
 def validate(config) -> None:
   common.check_common(config)
-  if not config.settings:
-    raise ConfigError("settings must list at least one 'dataset:max_train' entry.")
-  for s in config.settings:
-    name, _, max_train = str(s).partition(":")
-    if not name or not max_train.isdigit():
-      raise ConfigError(f"settings entries are 'dataset:max_train' (0 = all), got {s!r}.")
-    common.check_dataset(name)
+  common.check_settings(config)
   if not config.noise_rates or not all(0 < float(r) < 1 for r in config.noise_rates):
     raise ConfigError(f"noise_rates must be numbers in (0, 1), got {tuple(config.noise_rates)}.")
   common.check_int(config, "seeds", 1)
