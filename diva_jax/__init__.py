@@ -28,6 +28,7 @@ from diva_jax.curation import detect_detrimental
 from diva_jax.curation import detection_metrics
 from diva_jax.detection import DetectionRegChoice
 from diva_jax.detection import choose_detection_reg
+from diva_jax.detection import confident_joint
 from diva_jax.detection import estimate_num_issues
 from diva_jax.curation import extend
 from diva_jax.curation import group_derivative
@@ -35,6 +36,9 @@ from diva_jax.curation import reweight
 from diva_jax.curation import reweight_groups
 from diva_jax.curation import tune_augmentations
 
+from diva_jax.kernels import median_sq_distance
+from diva_jax.kernels import rbf_kernel
+from diva_jax.kernels import squared_distances
 from diva_jax.linearize import linearize
 from diva_jax.linearize import parameter_paths
 from diva_jax.linearize import path_excludes
@@ -55,7 +59,8 @@ __all__ = [
     "reference_loo_loss", "streamed_loo_loss_and_derivative", "select_reg", "ridge_predict",
     "validation_loss", "validation_derivative",
     "auroc", "detect_detrimental", "detection_metrics", "estimate_num_issues",
-    "choose_detection_reg",
+    "choose_detection_reg", "confident_joint",
+    "rbf_kernel", "median_sq_distance", "squared_distances",
     "extend", "group_derivative",
     "reweight", "reweight_groups", "tune_augmentations",
     "linearize", "parameter_paths", "path_excludes", "path_matches",

@@ -92,16 +92,6 @@ def test_confident_joint_rows_hand_example():
   assert abs(rows.sum() - diva_jax.estimate_num_issues(probs, labels)) <= 2  # rounding
 
 
-def test_rbf_kernel_matches_sklearn():
-  from sklearn.metrics.pairwise import euclidean_distances, rbf_kernel
-  x = np.random.default_rng(1).normal(size=(30, 5))
-  k, d2 = removal_study._rbf_kernel(x, 2.0)
-  ref_d2 = euclidean_distances(x, squared=True)
-  med = np.median(ref_d2[~np.eye(30, dtype=bool)])
-  np.testing.assert_allclose(k, rbf_kernel(x, gamma=1 / (2.0 * med)), rtol=1e-10, atol=1e-12)
-  np.testing.assert_allclose(d2, ref_d2, atol=1e-10)
-
-
 def test_removal_study_bad_config(tmp_path):
   for key, value, match in (("detectors", ("derivative", "magic"), "detectors"),
                             ("detectors", (), "detectors"),

@@ -16,8 +16,8 @@ curation of the training set without test labels or noise mask:
                      (the LOO of the refit on the kept samples; a removed sample's prediction
                      is the refit's, out of sample), the count re-estimated;
   rbf_kernel         the derivative of kernel ridge with an RBF kernel on the features
-                     (bandwidth `rbf_bandwidth` x the median squared distance), its own LOO reg
-                     and count: a non-linear head;
+                     (`diva_jax.rbf_kernel`: bandwidth `rbf_bandwidth` x the median squared
+                     distance), its own LOO reg and count: a non-linear head;
   linear_and_rbf     flagged by both `derivative` and `rbf_kernel`;
   knn_disagreement   the count, ranked by the share of the `knn` nearest neighbours (features,
                      Euclidean) whose given label differs (ties: the derivative);
@@ -91,16 +91,6 @@ def _top(score, k, allowed=None):
 
 def _ranks(v):
   return np.argsort(np.argsort(v, kind="stable"), kind="stable").astype(np.float64)
-
-
-def _rbf_kernel(x, bandwidth):
-  """exp(-|xi - xj|^2 / (bandwidth * median squared distance)), float64."""
-  x = np.asarray(x, np.float64)
-  sq = (x * x).sum(1)
-  d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0.0)
-  off = d2[~np.eye(len(x), dtype=bool)]
-  scale = float(np.median(off)) if off.size else 1.0
-  return np.exp(-d2 / (bandwidth * max(scale, 1e-12))), d2
 
 
 def confident_joint_rows(probs, labels, num_classes):
@@ -303,7 +293,12 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
     x = train.features
     kernel = neighbours = None
     if pairwise:
-      kernel, d2 = _rbf_kernel(x, float(c.rbf_bandwidth))
+      import diva_jax
+      import jax
+      with jax.enable_x64(True):  # float64 kernel and distances
+        x64 = np.asarray(x, np.float64)
+        kernel = np.asarray(diva_jax.rbf_kernel(x64, bandwidth=float(c.rbf_bandwidth)))
+        d2 = np.array(diva_jax.squared_distances(x64))
       np.fill_diagonal(d2, np.inf)
       neighbours = np.argsort(d2, 1, kind="stable")[:, :int(c.knn)]
       del d2
