@@ -62,6 +62,17 @@ def test_removal_study_tiny(tmp_path):
   assert row["detectors"]["relabel"]["removed"] == row["detectors"]["soft_relabel"]["removed"] == 0
   assert row["detectors"]["random_errors"]["f1"] == pytest.approx(default["f1"])
   assert row["detectors"]["oracle_count"]["removed"] == row["noisy"] == int(flipped.sum())
+  # The default's error profile: its groups partition the samples, consistently with F1.
+  prof = row["default_errors"]
+  assert sum(g["count"] for g in prof.values()) == row["n"]
+  assert prof["noisy_kept"]["count"] + prof["noisy_removed"]["count"] == row["noisy"]
+  assert prof["noisy_removed"]["count"] + prof["clean_removed"]["count"] == default["removed"]
+  tp = prof["noisy_removed"]["count"]
+  assert default["f1"] == pytest.approx(2 * tp / (default["removed"] + row["noisy"]))
+  for g in prof.values():
+    assert g["count"] == 0 or 0 <= g["clean_model_correct"] <= 1
+  with open(tmp_path / "error_profile.csv") as f:
+    assert len(list(csv.DictReader(f))) == 4
   with open(tmp_path / "summary.csv") as f:
     cells = {r["detector"]: r for r in csv.DictReader(f)}
   assert float(cells["derivative"]["gap_mean"]) == pytest.approx(default["gap"])

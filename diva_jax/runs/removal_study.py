@@ -36,8 +36,14 @@ samples (the oracle, same refit rule). Two controls use the noise mask and say s
 the default detector got wrong, chosen at random; `random_draws` draws averaged): what the
 default's number of errors would cost if they were random, against what its errors cost.
 
+With either control, also the default's error profile (error_profile.csv): per group (noisy
+kept, noisy removed, clean removed, clean kept) the count, the mean LOO probability of the
+given label, and how a ridge head fit on the clean labels sees them (its exact-LOO
+probability of the true label, the share it classifies right).
+
 Outputs: results.json (every run and detector), summary.csv (mean and std of test error, gap,
-F1 and samples removed per setting and detector); per (setting, seed) a resumable stage.
+F1 and samples removed per setting and detector), error_profile.csv; per (setting, seed) a
+resumable stage.
 """
 
 from __future__ import annotations
@@ -140,6 +146,16 @@ class _Seed:
     d = self.derivative(self.c.multiplier)
     return _top(d, self.k, d > 0)
 
+  def rbf_flags(self):
+    """The default's rule on the RBF kernel: its own exact-LOO reg and count."""
+    if not hasattr(self, "_rbf_flags"):
+      reg = self.select_reg(np.ones(self.n, bool), kernel=self.kernel)
+      k = self.dj.estimate_num_issues(self.loo_probs(self.ones, reg, kernel=self.kernel),
+                                      self.noisy)
+      d = self.derivative(self.c.multiplier, None, reg, kernel=self.kernel)
+      self._rbf_flags = _top(d, k, d > 0)
+    return self._rbf_flags
+
 
 def _detect(name, s: _Seed, c):
   """(weights, targets) of the curation `name` proposes (targets None: the noisy ones)."""
@@ -183,10 +199,7 @@ def _detect(name, s: _Seed, c):
                         temperature=c.temperature, line_search=True)
     return np.asarray(res.weights, np.float32), None
   if name in _RBF:
-    kreg = s.select_reg(np.ones(s.n, bool), kernel=s.kernel)
-    kk = s.dj.estimate_num_issues(s.loo_probs(s.ones, kreg, kernel=s.kernel), s.noisy)
-    dk = s.derivative(c.multiplier, None, kreg, kernel=s.kernel)
-    flags = _top(dk, kk, dk > 0)
+    flags = s.rbf_flags()
     return remove(flags if name == "rbf_kernel" else flags & s.default())
   if name == "knn_disagreement":
     d = s.derivative(c.multiplier)
@@ -245,7 +258,31 @@ def _one_seed(c, x, labels, xte, yte, num_classes, seed, kernel, neighbours):
     err = float(np.mean(errs))
     row["detectors"]["random_errors"] = {"test_error": err, "gap": err - oracle,
                                          "f1": f1(flags), "removed": int(flags.sum())}
+  if "oracle_count" in c.detectors or "random_errors" in c.detectors:
+    row["default_errors"] = _error_profile(s, labels, flipped)
   return row
+
+
+def _error_profile(s: _Seed, labels, flipped):
+  """Who the default detector gets wrong (a control: uses the clean labels). Per group
+  (noisy kept, noisy removed, clean removed, clean kept): the count, the mean LOO probability
+  of the given label, and how a model fit on the clean labels sees them (the mean exact-LOO
+  probability of the true label and the share whose LOO argmax is the true label)."""
+  clean_t = common.one_hot(labels, s.num_classes)
+  reg = float(s.dj.select_reg(clean_t, features=s.x, loss=s.c.loss,
+                              temperature=s.c.temperature).reg)
+  clean_p = common.softmax(np.asarray(s.dj.loo_predictions(s.ones, clean_t, features=s.x,
+                                                           reg=reg)), s.c.temperature)
+  flags, idx = s.default(), np.arange(s.n)
+  out = {}
+  for name, m in (("noisy_kept", flipped & ~flags), ("noisy_removed", flipped & flags),
+                  ("clean_removed", ~flipped & flags), ("clean_kept", ~flipped & ~flags)):
+    out[name] = {"count": int(m.sum()),
+                 "loo_p_given": float(s.probs[idx, s.noisy][m].mean()) if m.any() else None,
+                 "clean_model_p_true": float(clean_p[idx, labels][m].mean()) if m.any() else None,
+                 "clean_model_correct": (float((clean_p[m].argmax(1) == labels[m]).mean())
+                                         if m.any() else None)}
+  return out
 
 
 def _setting_config(config, dataset, max_train):
@@ -267,6 +304,22 @@ def summarize(rows):
     for key in ("test_error", "gap", "f1", "removed"):
       vals = [v[key] for v in vs]
       cell[f"{key}_mean"], cell[f"{key}_std"] = float(np.mean(vals)), float(np.std(vals))
+    out.append(cell)
+  return out
+
+
+def summarize_errors(rows):
+  """Per (dataset, group) of `_error_profile`: the means over seeds."""
+  cells = {}
+  for r in rows:
+    for group, v in r.get("default_errors", {}).items():
+      cells.setdefault((r["dataset"], group), []).append(v)
+  out = []
+  for (dataset, group), vs in cells.items():
+    cell = {"dataset": dataset, "group": group}
+    for key in ("count", "loo_p_given", "clean_model_p_true", "clean_model_correct"):
+      vals = [v[key] for v in vs if v[key] is not None]
+      cell[key] = float(np.mean(vals)) if vals else float("nan")
     out.append(cell)
   return out
 
@@ -310,6 +363,9 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
   wd.write_json("results.json", rows)
   summary = summarize(rows)
   wd.write_csv("summary.csv", {k: [s[k] for s in summary] for k in summary[0]})
+  profile = summarize_errors(rows)
+  if profile:
+    wd.write_csv("error_profile.csv", {k: [p[k] for p in profile] for k in profile[0]})
   if common.is_main_process():
     print("dataset | detector | test error % | gap to oracle removal | F1 | removed "
           "(mean +- std over seeds)")
@@ -317,4 +373,10 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
       print(f"{s['dataset']} | {s['detector']} | " + " | ".join(
           f"{s[k + '_mean']:.3f} +- {s[k + '_std']:.3f}"
           for k in ("test_error", "gap", "f1", "removed")))
-  return {"runs": rows, "summary": summary}
+    if profile:
+      print("dataset | the default's group | count | LOO p(given label) | clean-label "
+            "model: LOO p(true label) | share it classifies right (means over seeds)")
+      for p in profile:
+        print(f"{p['dataset']} | {p['group']} | {p['count']:.1f} | {p['loo_p_given']:.3f} | "
+              f"{p['clean_model_p_true']:.3f} | {p['clean_model_correct']:.2f}")
+  return {"runs": rows, "summary": summary, "error_profile": profile}
