@@ -43,6 +43,8 @@ def get_config(arg=None):
   c.temperature = 0.3            # softmax temperature for 'ce' and for LOO probabilities
   c.reg = 0.0                    # ridge reg > 0, or 0.0 = the minimiser of the exact LOO error
   c.detection_reg_multiplier = 10.0  # derivative taken at reg x this (1 = at the fit's reg)
+  c.detection_views = False      # detect on features averaged over 4 shifted views
+  c.view_shift = 0.07            # the views' shift, a fraction of the image side
   c.eps = 0.0                    # flag derivative > eps
   c.threshold = "auto"           # auto: only the k most harmful, k = estimate_num_issues | sign
   c.reweight_steps = 2

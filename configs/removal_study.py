@@ -20,15 +20,16 @@ def get_config(arg=None):
   c.settings = ("mnist5k:0", "animal_mnist:3000")  # dataset:max_train (0 = all)
   c.noise_rate = 0.2
   c.seeds = 5
-  c.detectors = ("derivative", "rank_ensemble", "class_conditional", "second_round",
-                 "cleaned_confidence", "rbf_kernel", "linear_and_rbf", "knn_disagreement",
-                 "readmit", "relabel", "soft_relabel", "remove_reweight", "oracle_count",
-                 "random_errors")
+  c.detectors = ("derivative", "shift_views", "rank_ensemble", "class_conditional",
+                 "second_round", "cleaned_confidence", "rbf_kernel", "linear_and_rbf",
+                 "knn_disagreement", "readmit", "relabel", "soft_relabel", "remove_reweight",
+                 "oracle_count", "random_errors")
   c.multiplier = 10.0            # the derivative at this multiple of the exact-LOO reg
   c.ensemble_multipliers = (3.0, 10.0, 30.0, 100.0)
   c.rbf_bandwidth = 1.0          # x the median squared distance between training features
   c.rbf_max_n = 12000            # the [n, n] kernel / distances (float64): 1.15 GB at 12,000
   c.knn = 10
+  c.view_shift = 0.07            # shift_views: the shift, a fraction of the image side
   c.random_draws = 2
   c.data_dir = ""
   c.cache_dir = ""

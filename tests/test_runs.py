@@ -161,6 +161,7 @@ def test_workdir_with_a_different_config_is_refused(shared_dirs, tmp_path):
     ("sensitivity_reg_multipliers", (1.0, -2.0), r"^sensitivity_reg_multipliers must be"),
     ("sensitivity_losses", ("mse", "hinge"), r"^sensitivity_losses must be one of"),
     ("max_train", -1, r"^max_train must be an integer >= 0"),
+    ("view_shift", 0.5, r"^view_shift must be a finite number in \(0, 0.5\), got 0.5"),
 ])
 def test_bad_config_values(shared_dirs, tmp_path, field, value, match):
   """Defects 1, 5, 7: refused up front, naming the field, and nothing written (a typo must

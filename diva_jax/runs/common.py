@@ -230,6 +230,40 @@ def prepare_features(config, workdir: Workdir,
   return (FeatureSet(tr, *sets["train"]), FeatureSet(te, *sets["test"]))
 
 
+def detection_features(config, train: FeatureSet, workdir: Workdir) -> np.ndarray:
+  """The features detection reads: `train.features`, or with config.detection_views the
+  backbone's features averaged over each image and its four shifted copies
+  (`diva_jax.data.augment`, shift config.view_shift of the image side), standardised like
+  `prepare_features`' (each view cached as its own split). The refit and the test error stay
+  on `train.features`. Last-layer features only (config.linearize = 'last_layer')."""
+  if not config.detection_views:
+    return train.features
+  from diva_jax.data import augment
+  cache_dir = config.cache_dir or workdir.file("cache")
+  backbone = make_backbone(config)
+  split = f"train{config.max_train or ''}"
+  h, w = train.images.shape[1:3]
+  total = embed(config, backbone, train.images, dataset=config.dataset, split=split,
+                cache_dir=cache_dir, workdir=workdir).astype(np.float64)
+  offsets = augment.shift_offsets(h, w, float(config.view_shift))
+  for dy, dx in offsets:
+    total += embed(config, backbone, augment.shift_images(train.images, dy, dx),
+                   dataset=config.dataset, split=f"{split}-shift{dy:+d}{dx:+d}",
+                   cache_dir=cache_dir, workdir=workdir)
+  return standardize((total / (1 + len(offsets))).astype(np.float32))[0]
+
+
+def check_detection_views(config) -> None:
+  """config.detection_views (bool) and view_shift (in (0, 0.5)); views need last-layer
+  features."""
+  if not isinstance(config.detection_views, bool):
+    raise ConfigError(f"detection_views must be True or False, got {config.detection_views!r}.")
+  check_float(config, "view_shift", low=0.0, high=0.5, low_open=True, high_open=True)
+  if config.detection_views and config.linearize != "last_layer":
+    raise ConfigError("detection_views averages last-layer features: it needs linearize = "
+                      f"'last_layer', got {config.linearize!r}.")
+
+
 def noisy_labels(config, labels: np.ndarray, num_classes: int):
   """(noisy labels, flipped mask) for config.noise_type in {'uniform', 'pairwise', 'none'}."""
   from diva_jax import data

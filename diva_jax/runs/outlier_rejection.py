@@ -51,6 +51,7 @@ def validate(config) -> None:
     common.check_choice(config, "sensitivity_losses", dj.LOSSES, value=loss)
   for m in config.sensitivity_reg_multipliers:
     common.check_float(config, "sensitivity_reg_multipliers", low=0.0, low_open=True, value=m)
+  common.check_detection_views(config)
 
 
 def _baselines(config, feats, targets, noisy, flipped, reg, num_classes):
@@ -137,23 +138,29 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
   targets = common.one_hot(noisy, num_classes)
   x, n = train.features, len(noisy)
   ones = np.ones(n, np.float32)
+  # Detection reads the features averaged over shifted views when config.detection_views
+  # (the refit, the baselines and the test errors stay on x).
+  start = time.perf_counter()
+  xd = common.detection_features(config, train, wd)
+  timings["detection_views_s"] = time.perf_counter() - start
 
   def derivative_stage():
     start = time.perf_counter()
     reg = common.choose_reg(config, targets, x)
+    reg_d = reg if xd is x else common.choose_reg(config, targets, xd)
     t_reg = time.perf_counter() - start
     start = time.perf_counter()
     # Rows sharded over every device of every process (one device: the host path).
     value, deriv = distributed.sharded_loo_loss_and_derivative(
-        ones, targets, x, reg=reg * config.detection_reg_multiplier, loss=config.loss,
+        ones, targets, xd, reg=reg_d * config.detection_reg_multiplier, loss=config.loss,
         temperature=config.temperature)
     seconds = time.perf_counter() - start
     # The automatic threshold: how many labels look wrong, from the exact LOO probabilities
-    # at the fit's reg (calibrated confident joint); no noise mask involved.
-    loo = diva_jax.loo_predictions(ones, targets, features=x, reg=reg)
+    # at the detection features' reg (calibrated confident joint); no noise mask involved.
+    loo = diva_jax.loo_predictions(ones, targets, features=xd, reg=reg_d)
     num_issues = curation.estimate_num_issues(common.softmax(loo, config.temperature), noisy)
-    return {"reg": reg, "reg_seconds": t_reg, "loo_loss": float(value), "derivative": deriv,
-            "seconds": seconds, "num_issues_estimate": num_issues}
+    return {"reg": reg, "reg_detection": reg_d, "reg_seconds": t_reg, "loo_loss": float(value),
+            "derivative": deriv, "seconds": seconds, "num_issues_estimate": num_issues}
 
   st = wd.stage_arrays("derivative", derivative_stage)
   # reg: the fit's (given, or the exact-LOO optimum); the derivative is taken at
@@ -232,7 +239,8 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
       "noise_type": config.noise_type, "noise_rate": config.noise_rate,
       "num_noisy": int(flipped.sum()), "loss": config.loss, "reg": reg,
       "reg_chosen_by": "given" if config.reg > 0 else "exact LOO minimum",
-      "detection_reg": reg_detect,
+      "detection_reg": float(st["reg_detection"]) * config.detection_reg_multiplier,
+      "detection_views": config.detection_views,
       "detection_f1_top_k": _metrics(None, flipped, deriv, 0, top_k=True)["detection_f1"]
                             if flipped.any() else None,
       "eps": config.eps, "threshold": config.threshold,
@@ -251,7 +259,8 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
       "reweight_loo_losses": np.asarray(cur["reweight_losses"]).tolist(),
       "loo_loss": float(st["loo_loss"]),
       "seconds": {"derivative": float(st["seconds"]), "reg_selection": float(st["reg_seconds"]),
-                  "features": timings["features_s"]},
+                  "features": timings["features_s"],
+                  "detection_views": timings["detection_views_s"]},
       "baselines": baselines,
       "sensitivity": sensitivity,
       "notes": notes,

@@ -7,6 +7,9 @@ curation of the training set without test labels or noise mask:
 
   derivative         the default: the `estimate_num_issues` most harmful samples of the
                      dataset derivative at `multiplier` x the exact-LOO reg (sign rule as cap);
+  shift_views        the same rule on the backbone's features averaged over each image and
+                     its four copies shifted by `view_shift` of the side
+                     (`common.detection_features`); the refit stays on the original features;
   rank_ensemble      the same count, ranked by the summed ranks of the derivatives at each of
                      `ensemble_multipliers`;
   class_conditional  per given label j, the derivative's top k_j, k_j the off-diagonal row sum
@@ -55,7 +58,7 @@ import numpy as np
 from diva_jax.runs import common
 from diva_jax.runs.errors import ConfigError
 
-DETECTORS = ("derivative", "rank_ensemble", "class_conditional", "second_round",
+DETECTORS = ("derivative", "shift_views", "rank_ensemble", "class_conditional", "second_round",
              "cleaned_confidence", "rbf_kernel", "linear_and_rbf", "knn_disagreement",
              "readmit", "relabel", "soft_relabel", "remove_reweight")
 CONTROLS = ("oracle_count", "random_errors")
@@ -83,6 +86,7 @@ def validate(config) -> None:
   common.check_int(config, "rbf_max_n", 2)
   common.check_int(config, "knn", 1)
   common.check_int(config, "random_draws", 1)
+  common.check_float(config, "view_shift", low=0.0, high=0.5, low_open=True, high_open=True)
 
 
 def _top(score, k, allowed=None):
@@ -111,9 +115,10 @@ def confident_joint_rows(probs, labels, num_classes):
 class _Seed:
   """One noisy draw: the shared quantities every detector reads, computed once, lazily."""
 
-  def __init__(self, c, x, noisy, num_classes, kernel, neighbours):
+  def __init__(self, c, x, noisy, num_classes, kernel, neighbours, x_views=None):
     import diva_jax
     self.dj, self.c, self.x, self.noisy = diva_jax, c, x, noisy
+    self.x_views = x_views
     self.t = common.one_hot(noisy, num_classes)
     self.n, self.num_classes = len(noisy), num_classes
     self.ones = np.ones(self.n, np.float32)
@@ -123,8 +128,9 @@ class _Seed:
     self.probs = self.loo_probs(self.ones, self.reg)
     self.k = diva_jax.estimate_num_issues(self.probs, noisy)
 
-  def select_reg(self, keep, kernel=None):
-    kw = ({"features": self.x[keep]} if kernel is None
+  def select_reg(self, keep, kernel=None, features=None):
+    x = self.x if features is None else features
+    kw = ({"features": x[keep]} if kernel is None
           else {"kernel": kernel[np.ix_(keep, keep)]})
     return float(self.dj.select_reg(self.t[keep], loss=self.c.loss,
                                     temperature=self.c.temperature, **kw).reg)
@@ -156,12 +162,22 @@ class _Seed:
       self._rbf_flags = _top(d, k, d > 0)
     return self._rbf_flags
 
+  def views_flags(self):
+    """The default's rule on the shifted-views features: their own reg and count."""
+    xv = self.x_views
+    reg = self.select_reg(np.ones(self.n, bool), features=xv)
+    k = self.dj.estimate_num_issues(self.loo_probs(self.ones, reg, features=xv), self.noisy)
+    d = self.derivative(self.c.multiplier, None, reg, features=xv)
+    return _top(d, k, d > 0)
+
 
 def _detect(name, s: _Seed, c):
   """(weights, targets) of the curation `name` proposes (targets None: the noisy ones)."""
   remove = lambda flags: ((~flags).astype(np.float32), None)
   if name == "derivative":
     return remove(s.default())
+  if name == "shift_views":
+    return remove(s.views_flags())
   if name == "rank_ensemble":
     d = s.derivative(c.multiplier)
     score = sum(_ranks(s.derivative(float(m))) for m in c.ensemble_multipliers)
@@ -213,11 +229,11 @@ def _detect(name, s: _Seed, c):
   raise AssertionError(name)
 
 
-def _one_seed(c, x, labels, xte, yte, num_classes, seed, kernel, neighbours):
+def _one_seed(c, x, labels, xte, yte, num_classes, seed, kernel, neighbours, x_views):
   import diva_jax
   c.seed = seed
   noisy, flipped = common.noisy_labels(c, labels, num_classes)
-  s = _Seed(c, x, noisy, num_classes, kernel, neighbours)
+  s = _Seed(c, x, noisy, num_classes, kernel, neighbours, x_views)
 
   def refit(w, targets=None):  # test error % of the ridge head; reg by exact LOO on w > 0
     t = s.t if targets is None else targets
@@ -355,10 +371,14 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
       np.fill_diagonal(d2, np.inf)
       neighbours = np.argsort(d2, 1, kind="stable")[:, :int(c.knn)]
       del d2
+    x_views = None
+    if "shift_views" in c.detectors:
+      c.detection_views = True
+      x_views = common.detection_features(c, train, sub)
     for seed in range(int(config.seeds)):
       r = wd.stage_json(f"{dataset}_{max_train}_seed{seed}", lambda: _one_seed(
           c, x, train.labels, test.features, test.labels, len(train.class_names), seed,
-          kernel, neighbours), collective=False)
+          kernel, neighbours, x_views), collective=False)
       rows.append({"dataset": dataset, **r})
   wd.write_json("results.json", rows)
   summary = summarize(rows)
