@@ -2,7 +2,7 @@
 prediction functions): squared distances and an RBF kernel with the median heuristic.
 
 Kernel ridge with an RBF kernel on frozen features is a non-linear head. In the removal study
-(README, "Twelve label-free curations") its dataset derivative flags label noise with a higher
+(README, "Thirteen label-free curations") its dataset derivative flags label noise with a higher
 F1 than the linear head's on all five settings (+0.009 to +0.019), while the test error after
 removing what it flags is not better, so it is an option, not the default:
 

@@ -134,9 +134,9 @@ def test_two_processes_on_loopback_match_one_process(reference, tmp_path):
   _assert_same_metrics(m, ref)
   assert _flagged(wd) == _flagged(reference)
   assert m["parallelism"] == {"processes": 2, "devices": 2,
-                              "rows_embedded_per_process": [165, 165]}
+                              "rows_embedded_per_process": [645, 645]}
   assert ref["parallelism"] == {"processes": 1, "devices": 1,
-                                "rows_embedded_per_process": [330]}
+                                "rows_embedded_per_process": [1290]}
   for i, log in enumerate(logs):  # each process embedded its half of each split, and said so
     assert f"embedded 120 of 240 rows on process {i} of 2" in log
     assert f"embedded 45 of 90 rows on process {i} of 2" in log
@@ -158,7 +158,7 @@ def test_eight_fake_devices_match_one_device(reference, tmp_path):
   _run(wd, devices=8)
   m = _metrics(wd)
   assert m["parallelism"] == {"processes": 1, "devices": 8,
-                              "rows_embedded_per_process": [330]}
+                              "rows_embedded_per_process": [1290]}
   _assert_same_metrics(m, _metrics(reference))
   assert _flagged(wd) == _flagged(reference)
 

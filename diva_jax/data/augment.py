@@ -1,9 +1,10 @@
 """Label-preserving views of images for detection: small shifts.
 
 A sample's features averaged over a few shifted copies of its image describe it more stably
-than one view. In the removal study (README, "Shifted views") the dataset derivative taken on
-such averaged features flags label noise whose removal comes much closer to removing exactly
-the noisy samples; the refit itself stays on the original features.
+than one view. In the removal study (README, "Thirteen label-free curations") the derivative
+taken on such averaged features raised F1 on all five settings and brought removal closer to
+removing exactly the noisy samples on four (not on 8x8 digits); the refit itself stays on the
+original features.
 """
 
 from __future__ import annotations
