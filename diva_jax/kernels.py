@@ -30,10 +30,11 @@ __all__ = ["squared_distances", "median_sq_distance", "rbf_kernel"]
 
 
 def _check_matrix(name: str, x) -> jax.Array:
-  if np.ndim(x) != 2 or not np.issubdtype(np.result_type(x), np.number) or (
-      np.issubdtype(np.result_type(x), np.complexfloating)):
+  dtype = np.dtype(x.dtype) if hasattr(x, "dtype") else np.asarray(x).dtype
+  if np.ndim(x) != 2 or not np.issubdtype(dtype, np.number) or (
+      np.issubdtype(dtype, np.complexfloating)):
     raise ValueError(f"{name} must be a real [n, d] array, got shape {tuple(np.shape(x))} and "
-                     f"dtype {np.result_type(x)}.")
+                     f"dtype {dtype}.")
   _checks.check_finite(name, x)
   x = jnp.asarray(x)
   return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.result_type(float))

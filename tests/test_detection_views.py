@@ -43,6 +43,7 @@ def _config(tmp_path):
   c.cache_dir = str(tmp_path / "cache")
   c.max_train, c.max_test, c.cv_logistic, c.plots = 300, 100, False, False
   c.sensitivity_reg_multipliers = ()
+  c.detection_views = False  # each test turns it on
   return c
 
 

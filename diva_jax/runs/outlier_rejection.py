@@ -163,9 +163,11 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
             "derivative": deriv, "seconds": seconds, "num_issues_estimate": num_issues}
 
   st = wd.stage_arrays("derivative", derivative_stage)
-  # reg: the fit's (given, or the exact-LOO optimum); the derivative is taken at
-  # reg * detection_reg_multiplier (a smoother fit separates mislabels better; the
-  # multiplier is chosen without the noise mask, see the README's sensitivity table).
+  # reg: the fit's (given, or the exact-LOO optimum); the derivative is taken at the
+  # detection features' reg (the same features unless detection_views) times
+  # detection_reg_multiplier (a smoother fit separates mislabels better; the multiplier is
+  # chosen without the noise mask, see the README's sensitivity table). Reweighting runs on
+  # the plain features at reg * detection_reg_multiplier.
   reg, deriv = float(st["reg"]), st["derivative"]
   reg_detect = reg * config.detection_reg_multiplier
   num_issues = int(st["num_issues_estimate"])
