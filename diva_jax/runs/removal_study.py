@@ -5,7 +5,8 @@ For each `dataset:max_train` setting the features are extracted once (cached); f
 the labels get uniform noise at `noise_rate`, and every detector in `detectors` proposes a
 curation of the training set without test labels or noise mask:
 
-  derivative         the default: the `estimate_num_issues` most harmful samples of the
+  derivative         the plain rule ("the default" below; the binary's default before
+                     shifted views): the `estimate_num_issues` most harmful samples of the
                      dataset derivative at `multiplier` x the exact-LOO reg (sign rule as cap);
   shift_views        the same rule on the backbone's features averaged over each image and
                      its four copies shifted by `view_shift` of the side
@@ -29,7 +30,8 @@ curation of the training set without test labels or noise mask:
   relabel            the default's flags relabelled to their LOO argmax instead of removed;
   soft_relabel       the default's flags kept, their targets replaced by the class
                      probabilities of the refit without them (softmax of its predictions);
-  remove_reweight    the default, then one `reweight(line_search=True)` step on the kept set.
+  remove_reweight    the default, then one `reweight(line_search=True)` step from its weights
+                     (the step may give weight back to removed samples).
 
 Each curation is refit (ridge head, reg re-chosen by exact LOO on the samples with weight > 0)
 and scored on the test split; "gap" is its test error minus that of removing exactly the noisy
