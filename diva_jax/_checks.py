@@ -75,7 +75,7 @@ def check_reg(reg, name: str = "reg") -> None:
   if hasattr(reg, "dtype") and jnp.issubdtype(reg.dtype, jnp.bool_):
     raise ValueError(f"{name} must be a number > 0, got a boolean.")
   if np.ndim(reg) != 0:
-    raise ValueError(f"reg must be a scalar, got an array of shape {_shape(reg)}.")
+    raise ValueError(f"{name} must be a scalar, got an array of shape {_shape(reg)}.")
   if is_concrete(reg):
     value = float(np.asarray(reg))
     if not np.isfinite(value) or value <= 0:

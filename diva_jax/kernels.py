@@ -40,14 +40,6 @@ def _check_matrix(name: str, x) -> jax.Array:
   return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.result_type(float))
 
 
-def _check_positive(name: str, v) -> None:
-  if v is None or not _checks.is_concrete(v):
-    return
-  if isinstance(v, (bool, np.bool_, str)) or np.ndim(v) != 0 or not np.isfinite(
-      float(v)) or float(v) <= 0:
-    raise ValueError(f"{name} must be a finite number > 0, got {v!r}.")
-
-
 def _pair(x1, x2):
   x1 = _check_matrix("x1", x1)
   x2 = x1 if x2 is None else _check_matrix("x2", x2)
@@ -92,8 +84,9 @@ def rbf_kernel(x1, x2=None, *, bandwidth: float = 1.0,
     scale: the squared-distance scale, > 0; default `median_sq_distance(x1)`. Pass the
       training rows' value when x1 is not the training set.
   """
-  _check_positive("bandwidth", bandwidth)
-  _check_positive("scale", scale)
+  _checks.check_reg(bandwidth, "bandwidth")
+  if scale is not None:
+    _checks.check_reg(scale, "scale")
   a, b = _pair(x1, x2)
   s = median_sq_distance(a) if scale is None else jnp.asarray(scale, a.dtype)
   if _checks.is_concrete(s) and not float(s) > 0:

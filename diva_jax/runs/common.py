@@ -54,6 +54,7 @@ from diva_jax.runs.config_checks import ConfigMismatchError  # noqa: E402,F401
 from diva_jax.runs.config_checks import check_choice  # noqa: E402,F401
 from diva_jax.runs.config_checks import check_common  # noqa: E402,F401
 from diva_jax.runs.config_checks import check_dataset  # noqa: E402,F401
+from diva_jax.runs.config_checks import check_detection_views  # noqa: E402,F401
 from diva_jax.runs.config_checks import check_float  # noqa: E402,F401
 from diva_jax.runs.config_checks import check_int  # noqa: E402,F401
 from diva_jax.runs.config_checks import check_ints  # noqa: E402,F401
@@ -251,17 +252,6 @@ def detection_features(config, train: FeatureSet, workdir: Workdir) -> np.ndarra
                    dataset=config.dataset, split=f"{split}-shift{dy:+d}{dx:+d}",
                    cache_dir=cache_dir, workdir=workdir)
   return standardize((total / (1 + len(offsets))).astype(np.float32))[0]
-
-
-def check_detection_views(config) -> None:
-  """config.detection_views (bool) and view_shift (in (0, 0.5)); views need last-layer
-  features."""
-  if not isinstance(config.detection_views, bool):
-    raise ConfigError(f"detection_views must be True or False, got {config.detection_views!r}.")
-  check_float(config, "view_shift", low=0.0, high=0.5, low_open=True, high_open=True)
-  if config.detection_views and config.linearize != "last_layer":
-    raise ConfigError("detection_views averages last-layer features: it needs linearize = "
-                      f"'last_layer', got {config.linearize!r}.")
 
 
 def noisy_labels(config, labels: np.ndarray, num_classes: int):

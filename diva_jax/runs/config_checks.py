@@ -99,6 +99,16 @@ def check_dataset(name) -> None:
                     "(e.g. 'mnist', 'cifar10').")
 
 
+def check_detection_views(config) -> None:
+  """config.detection_views (bool) and view_shift (in (0, 0.5)); views need last-layer
+  features."""
+  if not isinstance(config.detection_views, bool):
+    raise ConfigError(f"detection_views must be True or False, got {config.detection_views!r}.")
+  check_float(config, "view_shift", low=0.0, high=0.5, low_open=True, high_open=True)
+  if config.detection_views and config.linearize != "last_layer":
+    raise ConfigError("detection_views averages last-layer features: it needs linearize = "
+                      f"'last_layer', got {config.linearize!r}.")
+
 
 def check_settings(config, name: str = "settings") -> list:
   """config[name]: a non-empty list of 'dataset:max_train' entries (0 = all) -> [(dataset,

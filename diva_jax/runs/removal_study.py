@@ -346,9 +346,8 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
   validate(config)
   wd = common.Workdir(workdir, config, overwrite=overwrite)  # written at its first stage
   rows = []
-  for setting in config.settings:
-    dataset, _, max_train = str(setting).partition(":")
-    c = _setting_config(config, dataset, int(max_train))
+  for dataset, max_train in common.check_settings(config):
+    c = _setting_config(config, dataset, max_train)
     c.cache_dir = config.cache_dir or wd.file("cache")
     sub = common.Workdir(os.path.join(workdir, "settings", f"{dataset}_{max_train}"), c,
                          overwrite=True)
