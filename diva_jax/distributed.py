@@ -29,6 +29,8 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 import jax
 import numpy as np
 
+from diva_jax.results import LooResult
+
 __all__ = [
     "initialize",
     "process_count",
@@ -247,7 +249,8 @@ def sharded_loo_loss_and_derivative(weights: np.ndarray, targets: np.ndarray,
   in-memory host path.
 
   Returns:
-    ``(value, derivative [n])`` as a float and a NumPy array, the same on every process.
+    ``LooResult(value, derivative [n])`` as a float and a NumPy array, the same on every
+    process.
   """
   import diva_jax
   from jax.sharding import NamedSharding, PartitionSpec
@@ -259,7 +262,7 @@ def sharded_loo_loss_and_derivative(weights: np.ndarray, targets: np.ndarray,
   if len(devs) == 1:
     value, deriv = diva_jax.loo_loss_and_derivative(
         weights, targets, features=features, reg=reg, loss=loss, temperature=temperature)
-    return float(value), np.asarray(deriv)
+    return LooResult(float(value), np.asarray(deriv))
   n = int(np.shape(features)[0])
   pad = (-n) % len(devs)
   mesh = sharding.data_mesh(devs)
@@ -282,4 +285,4 @@ def sharded_loo_loss_and_derivative(weights: np.ndarray, targets: np.ndarray,
   value, deriv = np.asarray(value), np.asarray(deriv)[:n]
   from diva_jax import _checks
   _checks.raise_if_nonfinite((value, deriv), reg, "LOO loss or derivative")
-  return float(value), deriv
+  return LooResult(float(value), deriv)

@@ -170,7 +170,7 @@ def test_killed_process_restarted_resumes_from_saved_stages(reference, tmp_path)
   args = ([f"--config={CONFIG}", f"--workdir={wd}", f"--config.cache_dir={reference / 'cache'}"]
           + SMALL)
   procs = _start("experiments.outlier_rejection", args, nproc=2)
-  stage = wd / "stages" / "derivative.npz"
+  stage = wd / "stages" / "label_issues.npz"
   deadline = time.time() + _TIMEOUT_S
   while not stage.exists() and time.time() < deadline and procs[0].poll() is None:
     time.sleep(0.05)
@@ -182,7 +182,7 @@ def test_killed_process_restarted_resumes_from_saved_stages(reference, tmp_path)
     p.communicate()
   assert not (wd / "metrics.json").exists(), "the kill landed after the run finished"
   logs = _wait(_start("experiments.outlier_rejection", args, nproc=2))
-  assert "stage derivative: loaded" in logs[0] and "stage derivative: loaded" in logs[1]
+  assert "stage label_issues: loaded" in logs[0] and "stage label_issues: loaded" in logs[1]
   assert _metrics(wd)["parallelism"]["rows_embedded_per_process"] == [0, 0]  # cached
   _assert_same_metrics(_metrics(wd), _metrics(reference))
 

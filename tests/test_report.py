@@ -91,7 +91,10 @@ def test_report_content_escaping_and_counts(tmp_path):
       assert best == "&mdash;"
   # Summary: floats at 4 significant digits, order kept.
   summary = re.search(r'<table id="summary">(.*?)</table>', text)[1]
-  assert re.findall(r"<th>(.*?)</th>", summary) == list(d["summary"])
+  # Readable labels, not raw keys.
+  assert re.findall(r"<th>(.*?)</th>", summary) == [
+      report._SUMMARY_LABELS.get(k, k.replace("_", " ")) for k in d["summary"]]  # pylint: disable=protected-access
+  assert "_" not in "".join(re.findall(r"<th>(.*?)</th>", summary))
   assert ">66.12<" in summary and "&lt;dir&gt;/ä" in summary
 
 

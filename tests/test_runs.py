@@ -234,7 +234,7 @@ def test_killed_run_resumes_to_the_same_results(shared_dirs, tmp_path):
 
   wd = tmp_path / "killed"
   proc = run(wd)
-  stage = wd / "stages" / "derivative.npz"
+  stage = wd / "stages" / "label_issues.npz"
   deadline = time.time() + 240
   while not stage.exists() and proc.poll() is None and time.time() < deadline:
     time.sleep(0.01)
@@ -251,7 +251,7 @@ def test_killed_run_resumes_to_the_same_results(shared_dirs, tmp_path):
   _, err = again.communicate(timeout=300)
   err = err.decode()
   assert again.returncode == 0, err[-2000:]
-  assert "stage derivative: loaded" in err  # resumed from the stage saved before the kill
+  assert "stage label_issues: loaded" in err  # resumed from the stage saved before the kill
   assert "stage curation: computed" in err
   assert stage.read_bytes() == stage_bytes
   m_ref = json.loads((tmp_path / "ref" / "metrics.json").read_text())
@@ -463,7 +463,7 @@ def test_overwrite_removes_every_stale_output_even_if_the_new_run_fails(
   assert not left & {"metrics.json", "per_sample.csv", "derivative_histogram.png",
                      "harmful_helpful.png"}
   assert json.loads((tmp_path / "config.json").read_text())["noise_rate"] == 0.3
-  assert set(os.listdir(tmp_path / "stages")) == {"derivative.npz"}  # the new run's only
+  assert set(os.listdir(tmp_path / "stages")) == {"label_issues.npz"}  # the new run's only
   assert (tmp_path / "cache" / "keep.npz").exists()  # validated feature cache is kept
 
 

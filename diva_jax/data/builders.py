@@ -30,9 +30,12 @@ import pickle
 from typing import Any, Iterator
 
 import numpy as np
-import tensorflow_datasets as tfds
 
+from diva_jax import _optional
 from diva_jax.data import splits
+
+tfds = _optional.require("tensorflow_datasets", "diva_jax.data")
+_optional.require("importlib_resources", "diva_jax.data")
 
 try:
   from numpy._core import multiarray as _multiarray  # NumPy >= 2
@@ -135,7 +138,7 @@ class Digits(WheelClassificationBuilder):
 
   @classmethod
   def load_source(cls):
-    from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+    load_digits = _optional.require("sklearn.datasets", "the digits dataset").load_digits
     x, y = load_digits(return_X_y=True)
     return np.round(x * 255.0 / 16.0).astype(np.uint8), y.astype(np.int64)
 

@@ -12,6 +12,8 @@ import os
 
 import numpy as np
 
+from diva_jax import _optional
+
 __all__ = ["DEFAULT_FONTS", "font_paths", "render_digits"]
 
 DEFAULT_FONTS = (
@@ -24,7 +26,7 @@ DEFAULT_FONTS = (
 
 def font_paths(names=DEFAULT_FONTS) -> list[str]:
   """Paths of matplotlib's bundled fonts with these file names (missing ones are skipped)."""
-  import matplotlib
+  matplotlib = _optional.require("matplotlib", "the printed-digit glyphs")
   root = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "fonts", "ttf")
   paths = [os.path.join(root, n) for n in names if os.path.exists(os.path.join(root, n))]
   if not paths:
@@ -45,7 +47,8 @@ def render_digits(per_class: int = 50, size: int = 28, seed: int = 0,
   Returns:
     (images uint8 [10 * per_class, size, size, 1], labels int64 [10 * per_class]).
   """
-  from PIL import Image, ImageDraw, ImageFont
+  _optional.require("PIL", "the printed-digit glyphs")
+  from PIL import Image, ImageDraw, ImageFont  # pylint: disable=g-import-not-at-top
   if per_class < 1 or size < 8:
     raise ValueError(f"per_class must be >= 1 and size >= 8, got {per_class} and {size}.")
   paths = font_paths(fonts)

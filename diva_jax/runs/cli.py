@@ -37,13 +37,11 @@ def _without_traceback(message: str) -> str:
   return f"{head}: {last}"
 
 
-def parse_flags(argv):
-  """absl's flag parsing, with bad flags and config overrides reported in one line."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
+def _fail_on_config_error(e: Exception, argv) -> NoReturn:
+  """One line for an ml_collections error about the config or its overrides."""
+  if isinstance(e, flags.Error):
     fail(_without_traceback(str(e)))
-  except (AttributeError, KeyError) as e:
+  if isinstance(e, (AttributeError, KeyError)):
     # ml_collections: an override of a field the config does not have.
     keys = ", ".join(f"--{k}" for k in _override_keys(argv)) or "--config"
     hint = ""
@@ -53,10 +51,20 @@ def parse_flags(argv):
         hint = " (" + text[text.lower().index("did you mean"):].strip(" '\"") + ")"
         break
     fail(f"{keys}: the config has no such field{hint}.")
-  except (TypeError, ValueError) as e:
-    # ml_collections: an override whose value does not fit the field's type; or the config
-    # file's get_config() refusing its argument (an unknown variant).
-    fail(f"bad --config ({', '.join(_override_keys(argv)) or 'file or variant'}): {e}")
+  # TypeError / ValueError: an override whose value does not fit the field's type; or the
+  # config file's get_config() refusing its argument (an unknown variant).
+  fail(f"bad --config ({', '.join(_override_keys(argv)) or 'file or variant'}): {e}")
+
+
+_CONFIG_ERRORS = (flags.Error, AttributeError, KeyError, TypeError, ValueError)
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with bad flags and config overrides reported in one line."""
+  try:
+    return flags.FLAGS(argv)
+  except _CONFIG_ERRORS as e:
+    _fail_on_config_error(e, argv)
 
 
 def define_distributed_flags():
@@ -99,9 +107,14 @@ def define_and_run(default_config: str, run_fn) -> None:
   `default_config` should be an absolute path (the binaries compute it from `__file__`), so
   they find their config from any working directory.
   """
-  config = config_flags.DEFINE_config_file(
-      "config", default_config, "Config file, optionally with comma-separated variants: "
-      "file.py:runlocal,pixels", lock_config=True)
+  try:
+    # Without --config= on the command line, ml_collections loads the default file and
+    # applies the --config.* overrides here, at definition: the same one-line errors.
+    config = config_flags.DEFINE_config_file(
+        "config", default_config, "Config file, optionally with comma-separated variants: "
+        "file.py:runlocal,pixels", lock_config=True)
+  except _CONFIG_ERRORS as e:
+    _fail_on_config_error(e, sys.argv)
   workdir = flags.DEFINE_string("workdir", None, "Directory for the run's outputs (resumable).",
                                 required=True)
   overwrite = flags.DEFINE_bool(

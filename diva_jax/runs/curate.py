@@ -36,11 +36,25 @@ import time
 from absl import logging
 import numpy as np
 
+from diva_jax import detection
 from diva_jax import io_utils
+from diva_jax import label_issues
 from diva_jax.runs import common
 from diva_jax.runs.errors import ConfigError
 
 SOURCE_KINDS = ("folder", "csv", "npz", "npy", "tfds")
+
+
+def _looks_like_path(source: str) -> bool:
+  """A source that can only be a path (a TFDS name is never one of these): absolute, from
+  home or the working directory, a file suffix we read, or under an existing folder."""
+  src = os.path.expanduser(source.strip())
+  if src.startswith(("/", "./", "../", ".\\", "..\\")) or os.path.isabs(src):
+    return True
+  if os.path.splitext(src)[1].lower() in (".csv", ".npz", ".npy"):
+    return True
+  parent = os.path.dirname(src)
+  return bool(parent) and os.path.isdir(parent)
 
 
 def validate(config) -> None:
@@ -48,6 +62,9 @@ def validate(config) -> None:
   if not isinstance(config.source, str) or not config.source.strip():
     raise ConfigError("source must name an image folder, a .csv of path,label rows, a .npz or "
                       ".npy of embeddings, or a TFDS dataset; got an empty value.")
+  if _looks_like_path(config.source) and not os.path.exists(
+      os.path.expanduser(config.source)):
+    raise ConfigError(f"source {config.source!r}: no such file or folder.")
   common.check_choice(config, "backbone", ("efficientnet_lite0", "pixels", "flax"))
   if config.backbone == "flax":
     if ":" not in config.flax_module:
@@ -185,10 +202,11 @@ def _save_npy(workdir, name, arr) -> None:
 
 def run(config, workdir: str, *, overwrite: bool = False) -> dict:
   """Runs the curation; returns the summary (also in <workdir>/metrics.json)."""
-  import diva_jax
-  from diva_jax import distributed
   validate(config)
-  wd = common.Workdir(workdir, config, overwrite=overwrite)
+  # relabel, threshold and the report's size change only the outputs written from the
+  # scores: a rerun that changes them reuses the scores without --overwrite.
+  wd = common.Workdir(workdir, config, overwrite=overwrite,
+                      output_keys=("relabel", "threshold", "report_grid"))
   timings = {}
   start = time.perf_counter()
   samples = load_source(config)
@@ -217,33 +235,35 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
 
   def score():
     t0 = time.perf_counter()
-    bar = common.progress_bar("scoring")  # reg selection, derivative, LOO probabilities
-    bar(0, 3)
-    reg = common.choose_reg(config, targets, feats)
-    bar(1, 3)
-    det_reg = reg * float(config.detection_reg_multiplier)
+    bar = common.progress_bar("scoring")  # the default rule (diva_jax.find_label_issues)
+    bar(0, 1)
     # Rows sharded over every device of every process (one device: the host path).
-    _, deriv = distributed.sharded_loo_loss_and_derivative(
-        np.ones(n, np.float32), targets, feats, reg=det_reg, loss=config.loss,
-        temperature=config.temperature)
-    bar(2, 3)
-    loo = diva_jax.loo_predictions(np.ones(n, np.float32), targets, features=feats, reg=reg)
-    bar(3, 3)
-    return {"derivative": np.asarray(deriv, np.float64), "loo": np.asarray(loo, np.float64),
-            "reg": np.float64(reg), "detection_reg": np.float64(det_reg),
+    issues = label_issues.find_label_issues(
+        samples.labels, features=feats, num_classes=num_classes, loss=config.loss,
+        temperature=config.temperature, reg=config.reg if config.reg > 0 else None,
+        detection_reg_multiplier=float(config.detection_reg_multiplier), threshold="sign",
+        eps=float(config.eps), distributed=True)
+    bar(1, 1)
+    return {"derivative": issues.derivative, "loo_probs": issues.loo_probs,
+            "suggested": issues.suggested_labels, "num_issues": np.int64(issues.num_issues),
+            "reg": np.float64(issues.reg), "detection_reg": np.float64(issues.detection_reg),
             "seconds": np.float64(time.perf_counter() - t0)}
 
-  # The stage is keyed by the data too (a rerun after fixing labels must not reuse scores).
-  fingerprint = hashlib.sha256(np.ascontiguousarray(samples.labels).tobytes()
-                               + np.ascontiguousarray(feats).tobytes()).hexdigest()[:16]
+  # The stage is keyed by the data and the scoring settings only (a rerun after fixing
+  # labels must not reuse scores; one that changes only the outputs, e.g. relabel or the
+  # threshold, reuses them).
+  fingerprint = hashlib.sha256(
+      np.ascontiguousarray(samples.labels).tobytes() + np.ascontiguousarray(feats).tobytes()
+      + repr((config.loss, float(config.temperature), float(config.reg),
+              float(config.detection_reg_multiplier), float(config.eps))).encode()
+  ).hexdigest()[:16]
   scored = wd.stage_arrays(f"scores-{fingerprint}", score)
   timings["score_seconds"] = float(scored["seconds"])
-  deriv, loo = scored["derivative"], scored["loo"]
-  probs = common.softmax(loo, config.temperature)
-  suggested = np.argmax(loo, 1)
+  deriv, probs, suggested = scored["derivative"], scored["loo_probs"], scored["suggested"]
   prob_given = probs[np.arange(n), samples.labels]
-  num_issues = diva_jax.estimate_num_issues(probs, samples.labels)
-  flagged = diva_jax.detect_detrimental(
+  num_issues = int(scored["num_issues"])
+  # The same threshold find_label_issues applies (threshold='auto' or 'sign').
+  flagged = detection.detect_detrimental(
       deriv, float(config.eps), num_flagged=num_issues if config.threshold == "auto" else None)
 
   names = samples.class_names
@@ -307,4 +327,5 @@ def _print_summary(summary, samples, names, order, deriv, suggested, flagged, wd
     where = samples.paths[i] or samples.ids[i]
     print(f"  {where}: given {names[samples.labels[i]]}, suggested {names[suggested[i]]}, "
           f"derivative {deriv[i]:.3g}")
-  print(f"outputs: {wd.file('label_issues.csv')}, cleaned_labels.csv, report.html")
+  print(f"outputs in {wd.path}: label_issues.csv, cleaned_labels.csv, label_issues.npy, "
+        "label_quality_scores.npy, report.html, metrics.json")

@@ -28,7 +28,7 @@ import numpy as np
 
 import diva_jax
 from diva_jax import curation
-from diva_jax import distributed
+from diva_jax import label_issues
 from diva_jax.runs import common
 from diva_jax.runs import plots
 
@@ -147,32 +147,30 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
   def derivative_stage():
     start = time.perf_counter()
     reg = common.choose_reg(config, targets, x)
-    reg_d = reg if xd is x else common.choose_reg(config, targets, xd)
     t_reg = time.perf_counter() - start
     start = time.perf_counter()
-    # Rows sharded over every device of every process (one device: the host path).
-    value, deriv = distributed.sharded_loo_loss_and_derivative(
-        ones, targets, xd, reg=reg_d * config.detection_reg_multiplier, loss=config.loss,
-        temperature=config.temperature)
-    seconds = time.perf_counter() - start
-    # The automatic threshold: how many labels look wrong, from the exact LOO probabilities
-    # at the detection features' reg (calibrated confident joint); no noise mask involved.
-    loo = diva_jax.loo_predictions(ones, targets, features=xd, reg=reg_d)
-    num_issues = curation.estimate_num_issues(common.softmax(loo, config.temperature), noisy)
-    return {"reg": reg, "reg_detection": reg_d, "reg_seconds": t_reg, "loo_loss": float(value),
-            "derivative": deriv, "seconds": seconds, "num_issues_estimate": num_issues}
+    # The library's default rule on the detection features (rows sharded over every device
+    # of every process; one device: the in-memory host path). reg on xd is re-chosen unless
+    # config.reg is given; the automatic count reads its exact LOO probabilities.
+    issues = label_issues.find_label_issues(
+        noisy, features=xd, num_classes=num_classes, loss=config.loss,
+        temperature=config.temperature, reg=config.reg if config.reg > 0 else None,
+        detection_reg_multiplier=config.detection_reg_multiplier, threshold=config.threshold,
+        eps=config.eps, distributed=True)
+    return {"reg": reg, "reg_detection": issues.reg, "reg_seconds": t_reg,
+            "derivative": issues.derivative, "loo_loss": issues.loo_loss,
+            "seconds": time.perf_counter() - start,
+            "num_issues_estimate": issues.num_issues, "flagged": issues.flagged}
 
-  st = wd.stage_arrays("derivative", derivative_stage)
-  # reg: the fit's (given, or the exact-LOO optimum); the derivative is taken at the
-  # detection features' reg (the same features unless detection_views) times
-  # detection_reg_multiplier (a smoother fit separates mislabels better; the multiplier is
-  # chosen without the noise mask, see the README's sensitivity table). Reweighting runs on
-  # the plain features at reg * detection_reg_multiplier.
+  st = wd.stage_arrays("label_issues", derivative_stage)
+  # reg: the fit's (given, or the exact-LOO optimum on the plain features); the derivative is
+  # taken at the detection features' reg times detection_reg_multiplier (see
+  # diva_jax.label_issues). Reweighting runs on the plain features at
+  # reg * detection_reg_multiplier.
   reg, deriv = float(st["reg"]), st["derivative"]
   reg_detect = reg * config.detection_reg_multiplier
   num_issues = int(st["num_issues_estimate"])
-  flagged = curation.detect_detrimental(
-      deriv, config.eps, num_flagged=num_issues if config.threshold == "auto" else None)
+  flagged = np.asarray(st["flagged"], bool)
   # AUROC of the derivative's ranking; F1 / precision / recall of what is flagged.
   det_sign = curation.detection_metrics(deriv, flipped, config.eps) if flipped.any() else None
   det = (curation.detection_metrics(flagged - 0.5, flipped, 0.0)._replace(auroc=det_sign.auroc)
@@ -187,13 +185,11 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
     notes["baselines"] = "skipped: no label is flipped (nothing to detect)"
 
   def refit_error(keep):
-    """Test error after removing samples: reg re-chosen on the kept ones, then refit; NaN
-    (None in metrics.json) if nothing is kept."""
-    if not keep.any():
-      return float("nan")
-    kept_reg = common.choose_reg(config, targets[keep], x[keep])
-    return common.test_error(keep.astype(np.float32), targets, x, kept_reg, test.features,
-                             test.labels)
+    """Test error after removing samples: reg re-chosen on the kept ones (unless config.reg
+    is given), then refit; NaN (None in metrics.json) if fewer than 2 are kept."""
+    return label_issues.refit_test_error(
+        keep, noisy, x, test.features, test.labels, reg=config.reg if config.reg > 0 else None,
+        loss=config.loss, temperature=config.temperature)
 
   def curation_stage():
     err = lambda w: common.test_error(w, targets, x, reg, test.features, test.labels)
@@ -273,8 +269,11 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
       "true_label": train.labels, "noisy": flipped, "derivative": deriv,
       "final_weight": np.asarray(cur["reweight_weights"]), "selected": ~flagged})
   if config.plots:
+    cut = float(deriv[flagged].min()) if flagged.any() else float(config.eps)
     wd.savefig("derivative_histogram.png", plots.derivative_histogram(
-        deriv, flipped, f"{config.dataset}: {int(flipped.sum())} of {n} labels flipped"))
+        deriv, flipped, f"{config.dataset}: {int(flipped.sum())} of {n} labels flipped", cut=cut,
+        cut_label=(f"automatic threshold, {int(flagged.sum())} flagged"
+                   if config.threshold == "auto" else f"derivative > {config.eps:g}")))
     order = np.argsort(-deriv)
     idx = np.concatenate([order[:16], order[::-1][:8]])
     names = train.class_names

@@ -23,8 +23,10 @@ def _plt():
   return plt
 
 
-def derivative_histogram(derivative, noisy_mask, title: str):
-  """Histogram of the dataset derivative, clean vs mislabelled (the paper's Fig. 3)."""
+def derivative_histogram(derivative, noisy_mask, title: str, cut: float = 0.0,
+                         cut_label: str = "sign rule (0)"):
+  """Histogram of the dataset derivative, clean vs mislabelled (the paper's Fig. 3), with
+  the cut the run flagged at (a dashed line: `cut`, named by `cut_label`)."""
   plt = _plt()
   d = np.asarray(derivative, np.float64)
   noisy = np.asarray(noisy_mask, bool)
@@ -35,7 +37,7 @@ def derivative_histogram(derivative, noisy_mask, title: str):
   if noisy.any():
     ax.hist(d[noisy], bins=bins, alpha=0.65, label=f"mislabelled ({noisy.sum()})",
             color="tab:red")
-  ax.axvline(0.0, color="k", lw=0.8, ls="--")
+  ax.axvline(cut, color="k", lw=0.8, ls="--", label=f"cut: {cut_label}")
   ax.set_xlabel("dataset derivative dL_loo / da_i  (> 0: the sample hurts)")
   ax.set_ylabel("samples")
   ax.set_title(title)

@@ -107,11 +107,13 @@ def png_data_uri(image: np.ndarray, max_px: int = 96) -> str:
 
 
 def histogram_svg(derivative: np.ndarray, flagged: np.ndarray, bins: int = 50,
-                  width: int = 680, height: int = 260) -> str:
+                  width: int = 680, height: int = 280) -> str:
   """The derivative histogram, flagged vs not flagged, as an inline ``<svg>`` element.
 
   The x range is the 0.5-99.5 percentile range of the finite values; values outside it are
-  counted in the edge bins, non-finite values are left out.
+  counted in the edge bins and the caption says how many (and the extremes); non-finite
+  values are left out. The dashed line is the cut the flags were made at: the smallest
+  flagged derivative (the automatic threshold), or 0 when nothing is flagged.
 
   Args:
     derivative: ``[n]`` dataset derivative.
@@ -152,12 +154,20 @@ def histogram_svg(derivative: np.ndarray, flagged: np.ndarray, bins: int = 50,
                    f'width="{max(x(edges[i + 1]) - x(edges[i]) - 0.5, 0.5):.1f}" '
                    f'height="{ph - (y(c) - mt):.1f}"><title>{int(c)} {cls}</title></rect>')
     out.append('</g>')
-  if lo < 0.0 < hi:
-    out.append(f'<line x1="{x(0.0):.1f}" x2="{x(0.0):.1f}" y1="{mt}" y2="{mt + ph}" '
-               'stroke="#000" stroke-dasharray="4 3"/>')
-  for v in np.linspace(lo, hi, 5):
+  cut = float(d[f].min()) if f.any() else 0.0
+  if lo <= cut <= hi:
+    out.append(f'<line id="cut" x1="{x(cut):.1f}" x2="{x(cut):.1f}" y1="{mt}" y2="{mt + ph}" '
+               f'stroke="#000" stroke-dasharray="4 3"><title>cut at {cut:.3g}</title></line>')
+  for i, v in enumerate(np.linspace(lo, hi, 5)):
+    anchor = ("start", "middle", "middle", "middle", "end")[i]
     out.append(f'<text x="{x(v):.1f}" y="{mt + ph + 14}" font-size="10" '
-               f'text-anchor="middle">{v:.3g}</text>')
+               f'text-anchor="{anchor}">{v:.3g}</text>')
+  below, above = int(np.sum(d < lo)), int(np.sum(d > hi))
+  if below or above:
+    out.append(f'<text id="clipped" x="{width - mr}" y="{mt - 8}" font-size="10" '
+               f'text-anchor="end">edge bins also hold {below} below {lo:.3g} (min '
+               f'{float(d.min()):.3g}) and {above} above {hi:.3g} (max {float(d.max()):.3g})'
+               '</text>')
   out.append(f'<text x="{ml - 4}" y="{mt + 4}" font-size="10" text-anchor="end">{top}</text>'
              f'<text x="{ml - 4}" y="{mt + ph}" font-size="10" text-anchor="end">0</text>'
              f'<text x="{ml + pw / 2:.0f}" y="{height - 6}" font-size="11" text-anchor="middle">'
@@ -167,6 +177,20 @@ def histogram_svg(derivative: np.ndarray, flagged: np.ndarray, bins: int = 50,
              f'<text x="{ml + 160}" y="{mt - 8}" font-size="11" fill="#d62728">'
              f'flagged ({int(f.sum())})</text></svg>')
   return "".join(out)
+
+
+# Readable names of the summary's keys (others: underscores become spaces).
+_SUMMARY_LABELS = {
+    "source": "source", "samples": "samples", "classes": "classes",
+    "feature_dim": "feature dimension", "threshold": "threshold rule",
+    "estimated_issues": "label issues estimated", "flagged": "flagged",
+    "flagged_fraction": "flagged fraction",
+    "flagged_by_sign_rule": "with derivative > eps (the sign rule)",
+    "suggested_differs_from_given": "suggested label differs from given",
+    "reg": "ridge reg", "detection_reg": "reg of the derivative",
+    "skipped_files": "files skipped", "load_seconds": "load (s)",
+    "embed_seconds": "embed (s)", "score_seconds": "score (s)",
+}
 
 
 def _class_table(class_names, given, suggested, flagged) -> str:
@@ -271,7 +295,8 @@ def write_report(path: str, *, title: str, summary: dict, class_names: list[str]
     parts.append('<h2>Warnings</h2><ul id="warnings">'
                  + "".join(f'<li class="warn">{_esc(w)}</li>' for w in warnings) + "</ul>")
   parts.append('<h2>Summary</h2><table id="summary">' + "".join(
-      f'<tr><th>{_esc(k)}</th><td class="num">{_esc(_fmt(v))}</td></tr>'
+      f'<tr><th>{_esc(_SUMMARY_LABELS.get(k, k.replace("_", " ")))}</th>'
+      f'<td class="num">{_esc(_fmt(v))}</td></tr>'
       for k, v in summary.items()) + "</table>")
   parts.append("<h2>Dataset derivative</h2>" + histogram_svg(derivative, flagged))
   parts.append("<h2>Per class</h2>" + _class_table(class_names, given, suggested, flagged))

@@ -75,7 +75,12 @@ class Workdir:
   added to metrics.json.
   """
 
-  def __init__(self, path: str | os.PathLike, config, *, overwrite: bool = False):
+  def __init__(self, path: str | os.PathLike, config, *, overwrite: bool = False,
+               output_keys: tuple[str, ...] = ()):
+    """`output_keys`: config keys that change only how finished stages are written out
+    (e.g. curate's ``relabel``): a stored run that differs from `config` in those alone is
+    reused, its stages kept and config.json updated, without `overwrite`."""
+    self.output_keys = frozenset(output_keys)
     self.path = os.fspath(path) if path is not None else ""
     if not self.path:
       raise ConfigError("--workdir must name a directory, got an empty path.")
@@ -112,8 +117,10 @@ class Workdir:
       except (OSError, ValueError):
         stored = None  # unreadable: treated as a different config
       if stored != self.config:
+        diff = _diff(stored or {}, self.config) if stored is not None else ["unreadable"]
+        if all(d.split(":")[0] in self.output_keys for d in diff):
+          return  # only how the outputs are written differs: the stages stay valid
         if not overwrite:
-          diff = _diff(stored or {}, self.config) if stored is not None else ["unreadable"]
           raise ConfigMismatchError(
               f"workdir {self.path} holds a run with a different config ("
               + "; ".join(diff[:6]) + (" ..." if len(diff) > 6 else "") + "). Use another "
