@@ -36,6 +36,10 @@ from diva_jax.curation import reweight
 from diva_jax.curation import reweight_groups
 from diva_jax.curation import tune_augmentations
 
+from diva_jax.label_issues import LabelIssues
+from diva_jax.label_issues import find_label_issues
+from diva_jax.label_issues import refit_test_error
+
 from diva_jax.kernels import median_sq_distance
 from diva_jax.kernels import rbf_kernel
 from diva_jax.kernels import squared_distances
@@ -54,7 +58,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS", "LOSSES", "LooResult", "RegSelection", "DetectionMetrics", "ExtendResult",
-    "GroupReweightResult", "ReweightResult", "DetectionRegChoice",
+    "GroupReweightResult", "ReweightResult", "DetectionRegChoice", "LabelIssues",
+    "find_label_issues", "refit_test_error",
     "loo_predictions", "loo_loss", "loo_loss_and_derivative", "dataset_derivative",
     "reference_loo_loss", "streamed_loo_loss_and_derivative", "select_reg", "ridge_predict",
     "validation_loss", "validation_derivative",
