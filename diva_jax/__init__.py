@@ -18,6 +18,7 @@ from diva_jax.streaming import streamed_loo_loss_and_derivative
 from diva_jax.validation import ridge_predict
 from diva_jax.validation import validation_derivative
 from diva_jax.validation import validation_loss
+from diva_jax.validation import validation_loss_and_derivative
 
 from diva_jax.curation import DetectionMetrics
 from diva_jax.curation import ExtendResult
@@ -62,7 +63,7 @@ __all__ = [
     "find_label_issues", "refit_test_error",
     "loo_predictions", "loo_loss", "loo_loss_and_derivative", "dataset_derivative",
     "reference_loo_loss", "streamed_loo_loss_and_derivative", "select_reg", "ridge_predict",
-    "validation_loss", "validation_derivative",
+    "validation_loss", "validation_derivative", "validation_loss_and_derivative",
     "auroc", "detect_detrimental", "detection_metrics", "estimate_num_issues",
     "choose_detection_reg", "confident_joint",
     "rbf_kernel", "median_sq_distance", "squared_distances",

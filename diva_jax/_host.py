@@ -213,11 +213,8 @@ def primal_value_and_grad(weights, targets, features, reg, mask, temperature, lo
     fitted = mm_c(bt.T, coef)  # S A Y = B (B^T A Y)
     one_minus_h = 1.0 - weights * s_diag
     if dtype == np.float32:
-      diag = np.abs(np.diagonal(chol))
-      kappa = (diag.max() / diag.min()) ** 2
-      pos = weights > 0
-      min_omh = one_minus_h[pos].min() if pos.any() else 1.0
-      if not np.finfo(dtype).eps * kappa / min_omh <= F32_TOL:
+      kappa = cf.chol_kappa(np, np.diagonal(chol))
+      if not cf.f32_bound(np, kappa, weights, one_minus_h) <= F32_TOL:
         return promoted()
     value, grad = cf.value_and_grad_tail(
         np, fitted, one_minus_h, s_diag, weights, targets, mask, temperature, loss, with_grad,

@@ -45,10 +45,8 @@ def _primal(weights, targets, x, reg, mask, temperature, loss, with_grad):
   apply_s_sq = lambda w: jnp.sum(cf.dot(b, cf.dot((b * w[:, None]).T, b)) * b, axis=1)
   value, grad = cf.value_and_grad_tail(jnp, fitted, one_minus_h, s_diag, weights, targets,
                                        mask, temperature, loss, with_grad, apply_s, apply_s_sq)
-  diag = jnp.abs(jnp.diagonal(chol))
-  kappa = (jnp.max(diag) / jnp.min(diag)) ** 2
-  min_omh = jnp.min(jnp.where(w_pos > 0, one_minus_h, 1.0))
-  return value, grad, jnp.finfo(x.dtype).eps * kappa / min_omh
+  return value, grad, cf.f32_bound(jnp, cf.chol_kappa(jnp, jnp.diagonal(chol)), w_pos,
+                                    one_minus_h)
 
 
 def _dual(weights, targets, x, reg, mask, temperature, loss, with_grad, form):

@@ -48,6 +48,42 @@ F32_TOL = 1e-3
 dot = functools.partial(jnp.matmul, precision=lax.Precision.HIGHEST)
 
 
+def chol_kappa(xp, chol_diag):
+  """(max |L_jj| / min |L_jj|)^2 of a Cholesky factor L: a cheap estimate of cond(L L^T)
+  from below (it can be much smaller). Enough for the in-memory primal paths, which apply
+  L^-1 by triangular solves (checked against float64 over select_reg's range in
+  tests/test_precision_paths.py); the streamed passes form C = (L L^T)^-1 explicitly and
+  use the exact condition number (`eig_kappa`)."""
+  diag = xp.abs(chol_diag).astype(xp.float64 if xp is not jnp else chol_diag.dtype)
+  return (xp.max(diag) / xp.min(diag)) ** 2
+
+
+def eig_kappa(gram, reg, lower: bool = False) -> float:
+  """cond(G + reg I) in float64 from the [d, d] Gram G (one triangle read: the upper one
+  unless `lower`); O(d^3), like the factorisation itself."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  g = np.asarray(gram, np.float64)
+  ev = np.linalg.eigvalsh(g, UPLO="L" if lower else "U") + float(reg)
+  return float(ev.max() / ev.min()) if ev.min() > 0 else float("inf")
+
+
+def f32_bound(xp, kappa, weights, one_minus_h):
+  """The float32 accuracy bound of a primal result: eps32 * kappa / min(1 - h_i), the minimum
+  over the samples with weight > 0; kappa from `chol_kappa` or `eig_kappa`. A float32 result
+  is kept only when this is <= `F32_TOL`; every path (in-memory host and XLA, streamed host
+  and XLA, sharded) decides here. Works for NumPy (`xp=np`) and jax.numpy."""
+  min_omh = xp.min(xp.where(weights > 0, one_minus_h, 1.0))
+  return xp.finfo(xp.float32).eps * kappa / xp.maximum(min_omh, 1e-30)
+
+
+def f32_refusal(bound, reg, what: str) -> ValueError:
+  """The error of a float32 result that fails `f32_bound` and cannot be redone in float64."""
+  return ValueError(
+      f"float32 is not accurate enough for this {what} at reg = {float(reg):.3g} "
+      f"(eps * kappa / min(1 - h) = {float(bound):.2g} > {F32_TOL:g}): pass float64 inputs "
+      "(dtype=np.float64 when streaming) or a larger reg.")
+
+
 # ----------------------------------------------------------------------------------------
 # Losses. Per sample: f [n, c], y [n, c] -> [n].
 # ----------------------------------------------------------------------------------------

@@ -249,8 +249,8 @@ def sharded_loo_loss_and_derivative(weights: np.ndarray, targets: np.ndarray,
   in-memory host path.
 
   Returns:
-    ``LooResult(value, derivative [n])`` as a float and a NumPy array, the same on every
-    process.
+    ``LooResult(value, derivative [n])`` of jax arrays (process-local copies), the same on
+    every process.
   """
   import diva_jax
   from jax.sharding import NamedSharding, PartitionSpec
@@ -262,7 +262,7 @@ def sharded_loo_loss_and_derivative(weights: np.ndarray, targets: np.ndarray,
   if len(devs) == 1:
     value, deriv = diva_jax.loo_loss_and_derivative(
         weights, targets, features=features, reg=reg, loss=loss, temperature=temperature)
-    return LooResult(float(value), np.asarray(deriv))
+    return LooResult(value, deriv)
   n = int(np.shape(features)[0])
   pad = (-n) % len(devs)
   mesh = sharding.data_mesh(devs)
@@ -285,4 +285,4 @@ def sharded_loo_loss_and_derivative(weights: np.ndarray, targets: np.ndarray,
   value, deriv = np.asarray(value), np.asarray(deriv)[:n]
   from diva_jax import _checks
   _checks.raise_if_nonfinite((value, deriv), reg, "LOO loss or derivative")
-  return LooResult(float(value), deriv)
+  return LooResult(jax.numpy.asarray(value), jax.numpy.asarray(deriv))

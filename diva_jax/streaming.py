@@ -30,7 +30,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from diva_jax import _checks
-from diva_jax import _host
 from diva_jax import _stream_host
 from diva_jax import _stream_xla
 from diva_jax import backend as _backend
@@ -126,6 +125,18 @@ class _Problem:
     return z
 
 
+def _check_f32(p: _Problem, gram, s_all, reg) -> None:
+  """The primal float32 bound (`closed_form.f32_bound`) with the exact condition number of
+  G + reg I (the passes apply its explicit inverse), after pass 2: a float32 stream that
+  fails it is refused (redoing it in float64 would read the source again)."""
+  if p.dtype == np.float32:
+    w = np.asarray(p.w, np.float64)
+    bound = cf.f32_bound(np, cf.eig_kappa(gram, reg), w,
+                         1.0 - w * np.asarray(s_all, np.float64))
+    if not bound <= cf.F32_TOL:
+      raise cf.f32_refusal(bound, reg, "streamed problem")
+
+
 def _host_driver(p: _Problem, reg, loss, temperature, with_preds, tick):
   """The three passes in SciPy BLAS on host blocks (no padding: nothing is compiled).
   Non-finite features show in the passes' small outputs, which are checked instead of a scan
@@ -167,16 +178,7 @@ def _host_driver(p: _Problem, reg, loss, temperature, with_preds, tick):
       preds_all[sl] = p_b
     tick(2, stop)
   del scratch
-  if dtype == np.float32:  # the in-memory primal's float32 bound (diva_jax._host.F32_TOL)
-    diag = np.abs(np.diagonal(chol)).astype(np.float64)
-    pos = p.w > 0
-    min_omh = float(np.min(1.0 - p.w[pos] * s_all[pos])) if pos.any() else 1.0
-    bound = np.finfo(np.float32).eps * (diag.max() / diag.min()) ** 2 / max(min_omh, 1e-30)
-    if not bound <= _host.F32_TOL:
-      raise ValueError(
-          f"float32 is not accurate enough for this streamed problem at reg = {reg:.3g} "
-          f"(eps * kappa / min(1 - h) = {bound:.2g} > {_host.F32_TOL:g}): pass dtype=np.float64 "
-          "or a larger reg.")
+  _check_f32(p, gram, s_all, reg)  # gram: its upper triangle
   q, v = _stream_host.stream_grad_stage(c_inv, m_acc, ztg)  # Q's triangle, diagonal halved
   deriv = np.empty(n, dtype)
   for start, stop in _blocks(n, p.block_size):
@@ -233,6 +235,7 @@ def _xla_driver(p: _Problem, reg, loss, temperature, with_preds, tick, mesh, dat
     if with_preds:
       preds_all[start:stop] = np.asarray(p_b)[:k]
     tick(2, stop)
+  _check_f32(p, np.asarray(gram), s_all, reg)
   q, v = _stream_xla.grad_stage(c_inv, m_acc, ztg)
   deriv = np.empty(n, dtype)
   for start, stop in _blocks(n, bs):
@@ -263,8 +266,8 @@ def streamed_loo_loss_and_derivative(
     loss, eval_mask, temperature: as in `diva_jax.loo_loss`.
     block_size: rows per block (rounded up to a multiple of the mesh size with `mesh`).
     dtype: compute dtype (default: the source's floating dtype, else float32). In float32
-      the host passes check the in-memory primal's accuracy bound and raise (asking for
-      float64) when it fails; the XLA passes do not check it.
+      both backends check the in-memory primal's accuracy bound after the second pass and
+      raise (asking for float64) when it fails.
     mesh: optional mesh; each block's rows are sharded over `data_axis` and the Gram-type
       products are reduced across its devices (jit + NamedSharding; XLA backend).
     backend: "auto" (host BLAS on a CPU default backend without a mesh, else XLA), "host"
@@ -273,8 +276,8 @@ def streamed_loo_loss_and_derivative(
     progress: called as progress(done, total) after each block, total = 3 n (three passes).
 
   Returns:
-    A `LooResult` (value, derivative [n]); with `return_predictions`, the pair
-    (LooResult, LOO predictions [n, c]).
+    A `LooResult` (value, derivative [n]) of jax arrays, like every LOO entry point; with
+    `return_predictions`, the pair (LooResult, LOO predictions [n, c] NumPy array).
   """
   source = features
   if not hasattr(source, "read"):
@@ -315,7 +318,7 @@ def streamed_loo_loss_and_derivative(
   else:
     value, deriv, preds = _xla_driver(p, reg, loss, temperature, return_predictions, tick,
                                       mesh, data_axis)
-  result = LooResult(float(value), deriv)
-  if not (np.isfinite(result.value) and np.all(np.isfinite(deriv))):
+  if not (np.isfinite(float(value)) and np.all(np.isfinite(deriv))):
     _checks.raise_if_nonfinite(np.asarray([np.nan], dtype), reg, "streamed dataset derivative")
+  result = LooResult(jnp.asarray(value, dtype), jnp.asarray(deriv))
   return (result, preds) if return_predictions else result

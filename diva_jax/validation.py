@@ -18,7 +18,10 @@ from diva_jax import backend as _backend
 from diva_jax import closed_form as cf
 from diva_jax.loo import prepare as _prepare
 
-__all__ = ["ridge_predict", "validation_loss", "validation_derivative"]
+from diva_jax.results import LooResult
+
+__all__ = ["ridge_predict", "validation_loss", "validation_derivative",
+           "validation_loss_and_derivative"]
 
 _dot = cf.dot
 
@@ -134,3 +137,14 @@ def validation_derivative(weights, targets, val_targets, *, features=None, val_f
   return _validation(weights, targets, val_targets, features, val_features, kernel,
                      cross_kernel, reg, loss, temperature)[1]
 
+
+
+def validation_loss_and_derivative(weights, targets, val_targets, *, features=None,
+                                   val_features=None, kernel=None, cross_kernel=None, reg,
+                                   loss="mse", temperature=1.0) -> LooResult:
+  """`validation_loss` and `validation_derivative` from one fit, as a `LooResult` (the same
+  result type as the LOO entry points; `value` is the validation loss). Arguments as in
+  `validation_loss`."""
+  value, deriv = _validation(weights, targets, val_targets, features, val_features, kernel,
+                             cross_kernel, reg, loss, temperature)
+  return LooResult(value, deriv)
