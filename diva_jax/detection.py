@@ -17,6 +17,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from diva_jax import _curation_checks as cc
+from diva_jax import loo as _loo
+from diva_jax import reg_selection
+from diva_jax import validation
 from diva_jax._curation_checks import check_array as _check_array
 from diva_jax._curation_checks import check_int as _check_int
 from diva_jax._curation_checks import check_mask as _check_mask
@@ -145,8 +149,7 @@ class DetectionRegChoice(NamedTuple):
 
 def _auto_num_flagged(targets, x, labels, reg, temperature):
   """The automatic threshold: `estimate_num_issues` on softmax(exact LOO at reg / T)."""
-  import diva_jax
-  loo = np.asarray(diva_jax.loo_predictions(np.ones(x.shape[0], x.dtype), targets, features=x,
+  loo = np.asarray(_loo.loo_predictions(np.ones(x.shape[0], x.dtype), targets, features=x,
                                             reg=reg), np.float64)
   z = loo / temperature
   p = np.exp(z - z.max(1, keepdims=True))
@@ -155,12 +158,11 @@ def _auto_num_flagged(targets, x, labels, reg, temperature):
 
 def _flags(targets, x, labels, reg, mult, loss, temperature, num_flagged):
   """`detect_detrimental` at reg * mult with num_flagged (None: the automatic threshold)."""
-  import diva_jax
   n = x.shape[0]
   ones = np.ones(n, x.dtype)
   if num_flagged is None:
     num_flagged = _auto_num_flagged(targets, x, labels, reg, temperature)
-  d = np.asarray(diva_jax.dataset_derivative(ones, targets, features=x, reg=reg * mult,
+  d = np.asarray(_loo.dataset_derivative(ones, targets, features=x, reg=reg * mult,
                                              loss=loss, temperature=temperature))
   return detect_detrimental(d, num_flagged=min(int(num_flagged), n))
 
@@ -170,16 +172,15 @@ def _refit_predictions(targets, x, keep, loss, temperature, refit_reg, test_x):
   its weighted exact LOO predictions of every sample of x (test_x None; a removed sample has
   weight 0, so its row is the refit's ordinary prediction), or its predictions on test_x.
   None if fewer than 2 samples are kept."""
-  import diva_jax
   if keep.sum() < 2:
     return None
-  r = (float(diva_jax.select_reg(targets[keep], features=x[keep], loss=loss,
+  r = (float(reg_selection.select_reg(targets[keep], features=x[keep], loss=loss,
                                  temperature=temperature).reg)
        if refit_reg is None else refit_reg)
   w = keep.astype(x.dtype)
   if test_x is None:
-    return np.asarray(diva_jax.loo_predictions(w, targets, features=x, reg=r))
-  return np.asarray(diva_jax.ridge_predict(w, targets, features=x, reg=r, test_features=test_x))
+    return np.asarray(_loo.loo_predictions(w, targets, features=x, reg=r))
+  return np.asarray(validation.ridge_predict(w, targets, features=x, reg=r, test_features=test_x))
 
 
 def choose_detection_reg(targets, features, labels, *, reg, multipliers=(1, 3, 10, 30, 100, 300),
@@ -236,7 +237,6 @@ def choose_detection_reg(targets, features, labels, *, reg, multipliers=(1, 3, 1
   Raises:
     ValueError: on bad arguments (named), before anything is computed.
   """
-  from diva_jax import _curation_checks as cc
   y = _check_array("targets", targets, "[n, c]", 2, kinds="f")
   x = _check_array("features", features, "[n, d]", 2, kinds="f")
   n, c = y.shape

@@ -152,7 +152,7 @@ def find_label_issues(labels, *, features=None, kernel=None, num_classes: Option
 
 def refit_test_error(keep, labels, features, test_features, test_labels, *,
                      reg: Optional[float] = None, loss: str = "ce",
-                     temperature: float = 0.3) -> float:
+                     temperature: float = 0.3, num_classes: Optional[int] = None) -> float:
   """Classification error on a test set of the ridge head refit on the kept samples only.
 
   Args:
@@ -161,6 +161,7 @@ def refit_test_error(keep, labels, features, test_features, test_labels, *,
     test_features, test_labels: the test set.
     reg: the refit's reg, or None: re-chosen by exact LOO on the kept samples.
     loss, temperature: the LOO loss of that choice.
+    num_classes: the head's outputs (default: the largest label seen + 1).
 
   Returns:
     The test error in [0, 1]; NaN when fewer than 2 samples are kept.
@@ -172,7 +173,8 @@ def refit_test_error(keep, labels, features, test_features, test_labels, *,
   if tx.shape[1] != x.shape[1]:
     raise ValueError(f"test_features must have d = {x.shape[1]} columns like features, got "
                      f"shape {tx.shape}.")
-  c = int(max(y.max(), np.max(test_labels))) + 1
+  c = (int(max(y.max(), np.max(test_labels))) + 1 if num_classes is None
+       else cc.check_int("num_classes", num_classes, 2))
   if keep.sum() < 2:
     return float("nan")
   targets = np.eye(c, dtype=x.dtype)[y]

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from diva_jax import label_issues
 from diva_jax.runs import common
 from diva_jax.runs.errors import ConfigError
 
@@ -58,27 +59,22 @@ def validate(config) -> list[int]:
 
 
 def _refit(config, targets, x, keep, test):
-  reg = common.choose_reg(config, targets[keep], x[keep])
-  return 100 * common.test_error(keep.astype(np.float32), targets, x, reg, test.features,
-                                 test.labels)
+  return 100 * label_issues.refit_test_error(
+      keep, targets.argmax(1), x, test.features, test.labels,
+      reg=config.reg if config.reg > 0 else None, loss=config.loss,
+      temperature=config.temperature, num_classes=targets.shape[1])
 
 
 def _detect(config, targets, x, labels, keep_mask):
   """Flags among keep_mask: (DIVA automatic threshold, cleanlab on exact LOO) [n] bool, with
   the outlier-rejection defaults (cross-entropy at T = 0.3, derivative at 10x reg)."""
-  import diva_jax
   from cleanlab.filter import find_label_issues
   idx = np.flatnonzero(keep_mask)
-  t, z = targets[idx], x[idx]
-  ones = np.ones(len(idx), np.float32)
-  reg = float(diva_jax.select_reg(t, features=z, loss="ce", temperature=0.3).reg)
-  d = np.asarray(diva_jax.dataset_derivative(ones, t, features=z, reg=10 * reg, loss="ce",
-                                             temperature=0.3))
-  probs = common.softmax(diva_jax.loo_predictions(ones, t, features=z, reg=reg), 0.3)
-  k = diva_jax.estimate_num_issues(probs, labels[idx])
+  issues = label_issues.find_label_issues(labels[idx], features=x[idx],
+                                          num_classes=targets.shape[1])
   diva, clean = np.zeros(len(targets), bool), np.zeros(len(targets), bool)
-  diva[idx[np.asarray(diva_jax.detect_detrimental(d, num_flagged=k))]] = True
-  clean[idx[find_label_issues(labels[idx], probs, n_jobs=1)]] = True
+  diva[idx[issues.flagged]] = True
+  clean[idx[find_label_issues(labels[idx], issues.loo_probs, n_jobs=1)]] = True
   return diva, clean
 
 

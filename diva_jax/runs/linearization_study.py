@@ -31,6 +31,7 @@ import time
 
 import numpy as np
 
+from diva_jax import label_issues
 from diva_jax.runs import common
 from diva_jax.runs.errors import ConfigError
 
@@ -122,23 +123,16 @@ def _one_run(c, train_x, train_labels, test_x, test_labels, num_classes, rate, s
   t = common.one_hot(noisy, num_classes)
   n = len(noisy)
   ones = np.ones(n, np.float32)
-  reg = float(diva_jax.select_reg(t, features=train_x, loss=c.loss,
-                                  temperature=c.temperature).reg)
-  _, d = diva_jax.loo_loss_and_derivative(ones, t, features=train_x,
-                                          reg=reg * c.detection_reg_multiplier, loss=c.loss,
-                                          temperature=c.temperature)
-  d = np.asarray(d)
-  loo = np.asarray(diva_jax.loo_predictions(ones, t, features=train_x, reg=reg))
-  k = int(diva_jax.estimate_num_issues(common.softmax(loo, c.temperature), noisy))
-  flagged = np.asarray(diva_jax.detect_detrimental(d, num_flagged=k))
+  issues = label_issues.find_label_issues(
+      noisy, features=train_x, num_classes=num_classes, loss=c.loss,
+      temperature=c.temperature, detection_reg_multiplier=c.detection_reg_multiplier)
+  reg, d, k, flagged = issues.reg, issues.derivative, issues.num_issues, issues.flagged
 
-  def refit_error(keep):
-    if not keep.any():
-      return None
-    r = float(diva_jax.select_reg(t[keep], features=train_x[keep], loss=c.loss,
-                                  temperature=c.temperature).reg)
-    return 100 * common.test_error(keep.astype(np.float32), t, train_x, r, test_x,
-                                   test_labels)
+  def refit_error(keep):  # in %; None when fewer than 2 samples are kept
+    err = label_issues.refit_test_error(keep, noisy, train_x, test_x, test_labels,
+                                        loss=c.loss, temperature=c.temperature,
+                                        num_classes=num_classes)
+    return None if np.isnan(err) else 100 * err
 
   row = {"noise_rate": float(rate), "seed": int(seed), "n": n, "noisy": int(flipped.sum()),
          "reg": reg, "num_issues_estimate": k, "num_flagged": int(flagged.sum()),

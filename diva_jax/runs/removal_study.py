@@ -150,27 +150,29 @@ class _Seed:
           loss=self.c.loss, temperature=self.c.temperature, **(kw or {"features": self.x})))
     return self._deriv[key]
 
+  def _rule(self, **kw):
+    """The library's default rule (`diva_jax.find_label_issues`) on features or a kernel."""
+    return self.dj.find_label_issues(
+        self.noisy, num_classes=self.num_classes, loss=self.c.loss,
+        temperature=self.c.temperature, detection_reg_multiplier=self.c.multiplier, **kw)
+
   def default(self):
-    d = self.derivative(self.c.multiplier)
-    return _top(d, self.k, d > 0)
+    """The default rule on the plain features (its derivative seeds the cache)."""
+    if not hasattr(self, "_default"):
+      res = self._rule(features=self.x, reg=self.reg)
+      self._deriv[(self.c.multiplier, None, None, ())] = res.derivative
+      self._default = res.flagged
+    return self._default
 
   def rbf_flags(self):
     """The default's rule on the RBF kernel: its own exact-LOO reg and count."""
     if not hasattr(self, "_rbf_flags"):
-      reg = self.select_reg(np.ones(self.n, bool), kernel=self.kernel)
-      k = self.dj.estimate_num_issues(self.loo_probs(self.ones, reg, kernel=self.kernel),
-                                      self.noisy)
-      d = self.derivative(self.c.multiplier, None, reg, kernel=self.kernel)
-      self._rbf_flags = _top(d, k, d > 0)
+      self._rbf_flags = self._rule(kernel=self.kernel).flagged
     return self._rbf_flags
 
   def views_flags(self):
     """The default's rule on the shifted-views features: their own reg and count."""
-    xv = self.x_views
-    reg = self.select_reg(np.ones(self.n, bool), features=xv)
-    k = self.dj.estimate_num_issues(self.loo_probs(self.ones, reg, features=xv), self.noisy)
-    d = self.derivative(self.c.multiplier, None, reg, features=xv)
-    return _top(d, k, d > 0)
+    return self._rule(features=self.x_views).flagged
 
 
 def _detect(name, s: _Seed, c):

@@ -22,6 +22,7 @@ import os
 
 import numpy as np
 
+from diva_jax import label_issues
 from diva_jax.runs import common
 from diva_jax.runs.errors import ConfigError
 
@@ -83,28 +84,24 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
         c.noise_rate, c.seed = float(rate), seed
         noisy, flipped = common.noisy_labels(c, train.labels, num_classes)
         t = common.one_hot(noisy, num_classes)
-        reg = float(diva_jax.select_reg(t, features=feats, loss=c.loss,
-                                        temperature=c.temperature).reg)
-        d = np.asarray(diva_jax.dataset_derivative(
-            ones, t, features=feats, reg=reg * c.detection_reg_multiplier, loss=c.loss,
-            temperature=c.temperature))
-        loo = np.asarray(diva_jax.loo_predictions(ones, t, features=feats, reg=reg))
-        k = diva_jax.estimate_num_issues(common.softmax(loo, c.temperature), noisy)
+        issues = label_issues.find_label_issues(
+            noisy, features=feats, num_classes=num_classes, loss=c.loss,
+            temperature=c.temperature, detection_reg_multiplier=c.detection_reg_multiplier)
+        reg, d, k, auto = issues.reg, issues.derivative, issues.num_issues, issues.flagged
         f1 = lambda mask: diva_jax.detection_metrics(mask - 0.5, flipped).f1
         if not flipped.any():  # nothing to detect at this rate and n
           continue
         counts = np.bincount(noisy)
         cleanlab = (f1(_cleanlab_cv_issues(feats, noisy, c))
                     if n <= config.cleanlab_max_n and counts[counts > 0].min() >= 5 else None)
-        auto = diva_jax.detect_detrimental(d, num_flagged=k)
         errors = {}
         if config.test_errors:
           def refit_error(keep):  # reg re-chosen by exact LOO on the kept samples; in %
-            if not keep.any():
-              return None
-            r = common.choose_reg(c, t[keep], feats[keep])
-            return 100 * common.test_error(keep.astype(np.float32), t, feats, r,
-                                           test.features, test.labels)
+            err = label_issues.refit_test_error(
+                keep, noisy, feats, test.features, test.labels,
+                reg=c.reg if c.reg > 0 else None, loss=c.loss, temperature=c.temperature,
+                num_classes=num_classes)
+            return None if np.isnan(err) else 100 * err
           errors = {"test_error_before": 100 * common.test_error(
                         ones, t, feats, reg, test.features, test.labels),
                     "test_error_auto_removal": refit_error(~auto),
