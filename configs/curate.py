@@ -7,13 +7,13 @@ embeddings and labels, or a TFDS name):
 
 Variants: `:runlocal` (at most 1,000 images at 64 px), `:pixels` (raw pixels, no backbone).
 Outputs: label_issues.csv, cleaned_labels.csv, label_issues.npy, label_quality_scores.npy,
-report.html, metrics.json (see diva_jax/runs/curate.py).
+report.html, metrics.json (see diva_jax/runs/paper/curate.py).
 """
 
 import ml_collections
 
-from diva_jax.runs import variants
-from diva_jax.runs.variants import apply_variants
+from diva_jax.runs.lib import variants
+from diva_jax.runs.lib.variants import apply_variants
 
 
 def get_config(arg=None):

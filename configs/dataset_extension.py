@@ -8,14 +8,14 @@ is mislabelled; EfficientNet-Lite0 features.
 Expected (default variant): DIVA's picks are almost all clean, while half of a uniform pick
 is mislabelled; its picks are redundant (close to the core), so the whole pool, with its many
 more clean samples, can still do better. How DIVA compares with uniform picks at each
-budget is in metrics.json (`diva`, `uniform`); the README's table has measured numbers.
+budget is in metrics.json (`diva`, `uniform`); docs/results.md and docs/studies.md has measured numbers.
 Variants (comma-separated, they combine): `:runlocal`, `:digits`, `:pixels`, `:jacobian`.
 """
 
 import ml_collections
 
-from diva_jax.runs import variants
-from diva_jax.runs.variants import apply_variants
+from diva_jax.runs.lib import variants
+from diva_jax.runs.lib.variants import apply_variants
 
 
 def get_config(arg=None):

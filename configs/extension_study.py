@@ -1,10 +1,10 @@
 r"""Dataset extension variants (LOO on core vs core + picks, reg fixed vs re-chosen per round,
-stopping rules) and a multi-source setting with a noisy and a shifted source (issue 14; the
-README's extension-study tables).
+stopping rules) and a multi-source setting with a noisy and a shifted source (the
+extension tables in docs/studies.md).
 
   python -m experiments.extension_study --workdir=/tmp/diva/extension_study
 
-Expected (2026-12-01, 5 seeds): every Extend variant beats uniform picks at every budget; LOO
+Expected (5 seeds): every Extend variant beats uniform picks at every budget; LOO
 on core + picks is best at 400 picks (12.5% against 14.4% for the paper's core-only rule,
 whole pool 12.1%, pool minus the DIVA-flagged 9.3%); re-choosing reg per round does not help.
 Multi-source: DIVA's 400 picks 11.7% against uniform 14.1% and all sources 11.4%; the sources
@@ -14,7 +14,7 @@ with a negative group derivative (clean and shuffled, never the noisy one) 8.8%.
 
 import ml_collections
 
-from diva_jax.runs.variants import apply_variants
+from diva_jax.runs.lib.variants import apply_variants
 
 
 def get_config(arg=None):

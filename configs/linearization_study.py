@@ -1,5 +1,4 @@
-r"""What linearising more of EfficientNet-Lite0 buys (issue 12; the README's linearisation
-table): last-layer features against also linearising the head (last 1x1 conv + BN) and the
+r"""What linearising more of EfficientNet-Lite0 buys (docs/results.md and docs/studies.md): last-layer features against also linearising the head (last 1x1 conv + BN) and the
 last MBConv block, on MNIST-5k, Animal-MNIST and digits, clean and 20% uniform noise, 3 seeds.
 
   python -m experiments.linearization_study --workdir=/tmp/diva/linearization
@@ -7,20 +6,20 @@ last MBConv block, on MNIST-5k, Animal-MNIST and digits, clean and 20% uniform n
 `:runlocal`: digits only, 200 train / 100 test images at 32 px, one seed, 20% noise, the head
 only at projection width 64 (25 s).
 
-Cost (2 shared CPU cores, 2026-12-01): the default run took 27 min. The projected Jacobian
+Cost (2 shared CPU cores): the default run took 27 min. The projected Jacobian
 features take `jacobian_width` forward-mode passes per image: 70-140 ms/image for the head and
 430-540 ms/image for the last block at width 512 (last-layer features: 7 ms); the whole network
 ~7 s/image at width 256 (not affordable here; add 'all=^params/' to `linearizations` on a
 bigger machine).
 
-Expected (the README's table): no consistent gain from linearising more; detection AUROC
+Expected (docs/results.md and docs/studies.md): no consistent gain from linearising more; detection AUROC
 0.985-0.993 in every noisy cell, test error after removing the flagged samples within a seed's
 std of last-layer features except the head on digits (7.87 -> 5.47%).
 """
 
 import ml_collections
 
-from diva_jax.runs.variants import apply_variants
+from diva_jax.runs.lib.variants import apply_variants
 
 
 def get_config(arg=None):

@@ -15,7 +15,7 @@ With your own embeddings (e.g. CLIP image + text, the paper's experiment):
       --config.core_npz=core.npz --config.test_npz=test.npz \
       --config.candidate_npz='("text=text.npz",)'
 
-Expected (default variant, measured 2026-11-28): test error on MNIST-5k test 13.5% with the
+Expected (default variant, measured): test error on MNIST-5k test 13.5% with the
 200-image core, 17.7% with all 2,038 candidates, 13.3% with DIVA's 400 picks (240 sklearn
 digits, 160 printed) and 13.3% with 400 uniform picks; the modality weights after one group
 step: core 1.20, sklearn digits 0.95, printed digits 0.96.
@@ -23,7 +23,7 @@ step: core 1.20, sklearn digits 0.95, printed digits 0.96.
 
 import ml_collections
 
-from diva_jax.runs.variants import apply_variants
+from diva_jax.runs.lib.variants import apply_variants
 
 
 def get_config(arg=None):

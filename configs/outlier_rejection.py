@@ -1,7 +1,7 @@
 r"""Outlier / mislabel rejection: MNIST-5k, EfficientNet-Lite0 features, 20% uniform noise.
 
-Run (the README's main job; a fresh run took 1 min 44 s wall on 2 CPU cores on 2026-12-01,
-20 s of it feature extraction and 57 s the shifted views' (cached for reruns)):
+Run (the README's main job; a fresh run takes 2 to 4 min wall on 2 CPU cores, most of it
+feature extraction for the images and their shifted views, cached for reruns):
 
   python -m experiments.outlier_rejection --workdir=/tmp/diva/outliers
 
@@ -9,7 +9,7 @@ Variants (comma-separated, they combine: `:runlocal,pixels`): `:runlocal` (1,000
 300 test images at 64 px, about a minute), `:digits` (scikit-learn's 8x8 digits), `:pixels`
 (raw pixels instead of a backbone), `:jacobian` (also linearise the backbone's last layers).
 
-Expected (default variant, measured 2026-12-01; see the README's table): DIVA detection on
+Expected (default variant, measured; see docs/results.md and docs/studies.md): DIVA detection on
 features averaged over 4 shifted views (detection_views) AUROC 0.996, F1 0.943 with the
 automatic threshold (835 flagged of 4,000, 800 noisy; the sign rule derivative > 0 flags 949,
 F1 0.903; without views F1 0.932); test error of the ridge head 7.40% before, 7.10% after 2
@@ -19,8 +19,8 @@ reweighting steps, 6.30% after removing the flagged samples (removing exactly th
 
 import ml_collections
 
-from diva_jax.runs import variants
-from diva_jax.runs.variants import apply_variants
+from diva_jax.runs.lib import variants
+from diva_jax.runs.lib.variants import apply_variants
 
 
 def get_config(arg=None):

@@ -1,20 +1,20 @@
 r"""Removing the flagged samples against removing exactly the noisy ones: label-free
-detectors against the default and against random errors of the same number (issue 14).
+detectors against the default and against random errors of the same number.
 
   python -m experiments.removal_study --workdir=/tmp/diva/removal
 
-Expected (2026-12-01, 5 seeds, 20% uniform noise, EfficientNet-Lite0 features, about 5 min;
-the README's removal table): no detector gets within 0.3 points of the oracle removal on both
+Expected (5 seeds, 20% uniform noise, EfficientNet-Lite0 features, about 5 min;
+the removal table in docs/): no detector gets within 0.3 points of the oracle removal on both
 MNIST-5k and animal-MNIST (the plain derivative: 0.52 / 0.46; on shifted views, the binary's
 default now: 0.42 / 0.26); random errors as many as the plain derivative's cost 0.08 / 0.19;
 the RBF head has the best F1 (0.941 / 0.958 against 0.926 / 0.940; shifted views 0.937 /
-0.952). 18 min for this and the README's other settings with a fresh feature cache.
+0.952). 18 min for this and the other settings in docs/studies.md with a fresh feature cache.
 `:runlocal`: digits pixels, 2 seeds, about 10 seconds.
 """
 
 import ml_collections
 
-from diva_jax.runs.variants import apply_variants
+from diva_jax.runs.lib.variants import apply_variants
 
 
 def get_config(arg=None):

@@ -1,11 +1,11 @@
 r"""Which reweighting rule lowers the test error, and by more than a random reweighting of the
-same spread? (issue 14; the README's reweighting table)
+same spread? (the reweighting table in docs/)
 
   python -m experiments.reweight_study --workdir=/tmp/diva/reweight
 
 Settings are 'dataset:backbone:per_class:max_train' (per_class images per class drawn per seed
 from the first max_train train images; 0 = all). Rules are 'loss/xreg multiple/step rule/steps'.
-Expected (2026-12-01, 5 seeds): on clean data no rule beats the random control beyond chance
+Expected (5 seeds): on clean data no rule beats the random control beyond chance
 (1 of 152 cells); the default `mse/x1/norm0.2/1` changes the clean error by -0.01 to +0.02
 points and lowers it by 0.20-0.34 points under 20% noise; the line search at 10x reg, 3 steps,
 gains 2.2 points on noisy MNIST-5k 20/class but costs up to +1.8 on clean data.
@@ -15,7 +15,7 @@ gains 2.2 points on noisy MNIST-5k 20/class but costs up to +1.8 on clean data.
 
 import ml_collections
 
-from diva_jax.runs.variants import apply_variants
+from diva_jax.runs.lib.variants import apply_variants
 
 
 def get_config(arg=None):

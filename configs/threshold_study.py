@@ -2,10 +2,10 @@ r"""The automatic threshold against the sign rule, over datasets, noise rates an
 
   python -m experiments.threshold_study --workdir=/tmp/diva/threshold
 
-Expected (2026-11-30, 5 seeds; the README's threshold table): MNIST-5k 4,000 at 20% noise,
+Expected (5 seeds; the threshold table in docs/): MNIST-5k 4,000 at 20% noise,
 F1 0.877 (sign rule) -> 0.926 (automatic), oracle-k 0.932. `:runlocal`: digits only, 2 seeds.
 Test error after removing the automatically flagged samples against removing exactly the noisy
-ones (issue 14's target: within 0.3 points), 20% noise only:
+ones (the target: within 0.3 points), 20% noise only:
 
   python -m experiments.threshold_study --workdir=/tmp/diva/threshold_removal \
       --config.settings='("mnist5k:0","animal_mnist:3000")' --config.noise_rates='(0.2,)'
@@ -13,7 +13,7 @@ ones (issue 14's target: within 0.3 points), 20% noise only:
 
 import ml_collections
 
-from diva_jax.runs.variants import apply_variants
+from diva_jax.runs.lib.variants import apply_variants
 
 
 def get_config(arg=None):

@@ -4,42 +4,42 @@ The functional core: exact closed-form leave-one-out (LOO) of weighted ridge reg
 features or a kernel, and its gradient in the sample weights (the dataset derivative).
 """
 
-from diva_jax.backend import BACKENDS
-from diva_jax.closed_form import LOSSES
-from diva_jax.closed_form import reference_loo_loss
-from diva_jax.loo import dataset_derivative
-from diva_jax.loo import loo_loss
-from diva_jax.loo import loo_loss_and_derivative
-from diva_jax.loo import loo_predictions
-from diva_jax.reg_selection import RegSelection
-from diva_jax.reg_selection import select_reg
-from diva_jax.results import LooResult
-from diva_jax.streaming import streamed_loo_loss_and_derivative
-from diva_jax.validation import ridge_predict
-from diva_jax.validation import validation_derivative
-from diva_jax.validation import validation_loss
-from diva_jax.validation import validation_loss_and_derivative
+from diva_jax.loo.backends.dispatch import BACKENDS
+from diva_jax.loo.closed_form import LOSSES
+from diva_jax.loo.closed_form import reference_loo_loss
+from diva_jax.loo.api import dataset_derivative
+from diva_jax.loo.api import loo_loss
+from diva_jax.loo.api import loo_loss_and_derivative
+from diva_jax.loo.api import loo_predictions
+from diva_jax.loo.reg import RegSelection
+from diva_jax.loo.reg import select_reg
+from diva_jax.loo.results import LooResult
+from diva_jax.loo.streaming.driver import streamed_loo_loss_and_derivative
+from diva_jax.loo.heldout import ridge_predict
+from diva_jax.loo.heldout import validation_derivative
+from diva_jax.loo.heldout import validation_loss
+from diva_jax.loo.heldout import validation_loss_and_derivative
 
-from diva_jax.curation import DetectionMetrics
-from diva_jax.curation import ExtendResult
-from diva_jax.curation import GroupReweightResult
-from diva_jax.curation import ReweightResult
-from diva_jax.curation import auroc
-from diva_jax.curation import detect_detrimental
-from diva_jax.curation import detection_metrics
-from diva_jax.detection import DetectionRegChoice
-from diva_jax.detection import choose_detection_reg
-from diva_jax.detection import confident_joint
-from diva_jax.detection import estimate_num_issues
-from diva_jax.curation import extend
-from diva_jax.curation import group_derivative
-from diva_jax.curation import reweight
-from diva_jax.curation import reweight_groups
-from diva_jax.curation import tune_augmentations
+from diva_jax.curation.steps import DetectionMetrics
+from diva_jax.curation.steps import ExtendResult
+from diva_jax.curation.steps import GroupReweightResult
+from diva_jax.curation.steps import ReweightResult
+from diva_jax.curation.steps import auroc
+from diva_jax.curation.steps import detect_detrimental
+from diva_jax.curation.steps import detection_metrics
+from diva_jax.curation.detect import DetectionRegChoice
+from diva_jax.curation.detect import choose_detection_reg
+from diva_jax.curation.detect import confident_joint
+from diva_jax.curation.detect import estimate_num_issues
+from diva_jax.curation.steps import extend
+from diva_jax.curation.steps import group_derivative
+from diva_jax.curation.steps import reweight
+from diva_jax.curation.steps import reweight_groups
+from diva_jax.curation.steps import tune_augmentations
 
-from diva_jax.label_issues import LabelIssues
-from diva_jax.label_issues import find_label_issues
-from diva_jax.label_issues import refit_test_error
+from diva_jax.curation.label_issues import LabelIssues
+from diva_jax.curation.label_issues import find_label_issues
+from diva_jax.curation.label_issues import refit_test_error
 
 from diva_jax.kernels import median_sq_distance
 from diva_jax.kernels import rbf_kernel
@@ -48,14 +48,30 @@ from diva_jax.linearize import linearize
 from diva_jax.linearize import parameter_paths
 from diva_jax.linearize import path_excludes
 from diva_jax.linearize import path_matches
-from diva_jax.ntk import empirical_ntk_fn
+from diva_jax.ntk.api import empirical_ntk_fn
 from diva_jax.ntk import jacobian_features
-from diva_jax.ntk import projected_jacobian_features
-from diva_jax.sharding import data_mesh
-from diva_jax.sharding import shard_rows
-from diva_jax.sharding import sharded_gram
+from diva_jax.ntk.api import projected_jacobian_features
+from diva_jax.parallel.sharding import data_mesh
+from diva_jax.parallel.sharding import shard_rows
+from diva_jax.parallel.sharding import sharded_gram
 
 __version__ = "0.1.0"
+
+# Module paths before the subpackages (``from diva_jax import streaming`` keeps working).
+_MOVED = {
+    "streaming": "diva_jax.loo.streaming", "validation": "diva_jax.loo.heldout",
+    "reg_selection": "diva_jax.loo.reg", "closed_form": "diva_jax.loo.closed_form",
+    "results": "diva_jax.loo.results", "backend": "diva_jax.loo.backends.dispatch",
+    "detection": "diva_jax.curation.detect", "label_issues": "diva_jax.curation.label_issues",
+    "sharding": "diva_jax.parallel.sharding", "distributed": "diva_jax.parallel.multihost",
+}
+
+
+def __getattr__(name):
+  if name in _MOVED:
+    import importlib  # pylint: disable=g-import-not-at-top
+    return importlib.import_module(_MOVED[name])
+  raise AttributeError(f"module 'diva_jax' has no attribute {name!r}")
 
 __all__ = [
     "BACKENDS", "LOSSES", "LooResult", "RegSelection", "DetectionMetrics", "ExtendResult",

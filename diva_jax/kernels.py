@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diva_jax import _checks
+from diva_jax.loo import checks as _checks
 
 __all__ = ["squared_distances", "median_sq_distance", "rbf_kernel"]
 

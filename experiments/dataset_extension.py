@@ -8,8 +8,8 @@ whole pool.
 
 import os
 
-from diva_jax.runs import cli
-from diva_jax.runs import dataset_extension
+from diva_jax.runs.lib import cli
+from diva_jax.runs.paper import dataset_extension
 
 # The default config, found from any working directory (not relative to the cwd).
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

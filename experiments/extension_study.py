@@ -1,13 +1,12 @@
-r"""Dataset extension variants and a multi-source setting with a source to reject (the README's
-extension-study tables).
+r"""Dataset extension variants and a multi-source setting with a source to reject (docs/results.md and docs/studies.md).
 
   python -m experiments.extension_study --workdir=/tmp/diva/extension_study
 """
 
 import os
 
-from diva_jax.runs import cli
-from diva_jax.runs import extension_study
+from diva_jax.runs.lib import cli
+from diva_jax.runs.studies import extension_study
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "extension_study.py")

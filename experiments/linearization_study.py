@@ -1,12 +1,12 @@
-r"""What linearising more of the backbone buys (the README's linearisation table).
+r"""What linearising more of the backbone buys (the linearisation table in docs/).
 
   python -m experiments.linearization_study --workdir=/tmp/diva/linearization
 """
 
 import os
 
-from diva_jax.runs import cli
-from diva_jax.runs import linearization_study
+from diva_jax.runs.lib import cli
+from diva_jax.runs.studies import linearization_study
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "linearization_study.py")

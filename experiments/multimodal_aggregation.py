@@ -7,8 +7,8 @@ r"""Multi-modal aggregation with the dataset derivative.
 
 import os
 
-from diva_jax.runs import cli
-from diva_jax.runs import multimodal_aggregation
+from diva_jax.runs.lib import cli
+from diva_jax.runs.paper import multimodal_aggregation
 
 # The default config, found from any working directory (not relative to the cwd).
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

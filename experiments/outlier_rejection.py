@@ -9,8 +9,8 @@ See configs/outlier_rejection.py for the options and expected numbers.
 
 import os
 
-from diva_jax.runs import cli
-from diva_jax.runs import outlier_rejection
+from diva_jax.runs.lib import cli
+from diva_jax.runs.paper import outlier_rejection
 
 # The default config, found from any working directory (not relative to the cwd).
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

@@ -20,9 +20,9 @@ import json
 from absl import app
 from absl import flags
 
-from diva_jax.runs import cli
-from diva_jax.runs import common
-from diva_jax.runs import sweep
+from diva_jax.runs.lib import cli
+from diva_jax.runs.lib import common
+from diva_jax.runs.lib import sweep
 
 _CONFIG = flags.DEFINE_string("config", None, "Config file (with get_hyper), optionally :variant.",
                               required=True)
@@ -46,7 +46,7 @@ def main(argv):
         print(" ".join(cmd + list(extra)))
     else:
       cli.initialize_distributed(_DIST)
-      from diva_jax import distributed
+      from diva_jax.parallel import multihost as distributed
       if distributed.process_count() > 1:
         res = sweep.run_distributed(_CONFIG.value, _WORKDIR.value, binary=_BINARY.value,
                                     extra_args=extra)

@@ -1,12 +1,12 @@
-r"""The automatic threshold against the sign rule (the README's threshold table).
+r"""The automatic threshold against the sign rule (the threshold table in docs/).
 
   python -m experiments.threshold_study --workdir=/tmp/diva/threshold
 """
 
 import os
 
-from diva_jax.runs import cli
-from diva_jax.runs import threshold_study
+from diva_jax.runs.lib import cli
+from diva_jax.runs.studies import threshold_study
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "threshold_study.py")

@@ -31,7 +31,7 @@ def problem():
 def main(argv):
   # pylint: disable=g-import-not-at-top  (JAX only after the environment is set)
   import jax
-  from diva_jax import sharding
+  from diva_jax.parallel import sharding
 
   jax.config.update("jax_enable_x64", True)
   jax.config.update("jax_cpu_collectives_implementation", "gloo")

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 import diva_jax
-from diva_jax.runs import curate
-from diva_jax.runs.errors import ConfigError
+from diva_jax.runs.paper import curate
+from diva_jax.runs.lib.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 import diva_jax
-from diva_jax import curation
+from diva_jax.curation import steps as curation
 
 
 def _blobs(n=300, d=8, c=3, seed=0, sep=4.0):
@@ -169,7 +169,7 @@ def _small(n=40, seed=0):
 
 @pytest.mark.parametrize("dtype", [int, bool, np.int32])
 def test_reweight_casts_integer_and_bool_weights_to_float(dtype):
-  # Defect 1: optax keeps the parameters' dtype, so integer weights were rounded to {0, 1}
+  # optax keeps the parameters' dtype, so integer weights were rounded to {0, 1}
   # after each step (and the LOO loss went up).
   z, y = _small()
   ref = curation.reweight(np.ones(40), y, features=z, reg=1.0, steps=2)
@@ -193,7 +193,7 @@ def test_reweight_validates_each_argument_by_name():
   z, y = _small()
   w = np.ones(40)
   call = lambda **kw: curation.reweight(w, y, features=z, **{"reg": 1.0, **kw})
-  # Defect 2: hyperparameters were reported as bad weights.
+  # hyperparameters were reported as bad weights.
   with pytest.raises(ValueError, match=r"max_weight must be a finite number > 0, got -1"):
     call(max_weight=-1)
   with pytest.raises(ValueError, match=r"learning_rate must be a finite number > 0, got nan"):
@@ -228,7 +228,7 @@ def test_reweight_validates_each_argument_by_name():
 
 
 def test_extend_validates_core_mask_k_budget_not_weights():
-  # Defect 2: extend has no weights argument; its errors must name its own arguments.
+  # extend has no weights argument; its errors must name its own arguments.
   z, y = _small(30)
   core = np.arange(30) < 10
   call = lambda core_mask=core, **kw: curation.extend(
@@ -272,7 +272,7 @@ def _messages(*calls):
 
 
 def test_group_functions_reject_groups_out_of_range():
-  # Defect 3: a too-small num_groups raised IndexError (reweight_groups) or silently
+  # a too-small num_groups raised IndexError (reweight_groups) or silently
   # returned more than num_groups entries (group_derivative).
   z, y = _small()
   groups = np.arange(40) % 4

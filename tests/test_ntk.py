@@ -1,4 +1,4 @@
-"""Tests for diva_jax.ntk against explicit float64 jacrev oracles."""
+"""Tests for diva_jax.ntk.api against explicit float64 jacrev oracles."""
 import flax.linen as nn
 from flax import nnx
 import jax
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from diva_jax import _tree_utils
-from diva_jax import ntk
+from diva_jax.ntk import api as ntk
 
 C = 3
 

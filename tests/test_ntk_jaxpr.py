@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from diva_jax import _tree_utils
-from diva_jax import ntk
+from diva_jax.ntk import api as ntk
 
 RTOL = 1e-10
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import diva_jax
-from diva_jax import reg_selection
+from diva_jax.loo import reg as reg_selection
 
 
 def _brute_force(a, y, z, reg):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import diva_jax
-from diva_jax import distributed
-from diva_jax import streaming
+from diva_jax.parallel import multihost as distributed
+from diva_jax.loo.streaming import driver as streaming
 
 
 def _problem(n, d, decades, seed):

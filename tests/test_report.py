@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from diva_jax.runs import report
+from diva_jax.runs.lib import report
 
 EVIL_CLASS = "<b>&amp; bold</b>"
 CHROMIUM = "/usr/bin/chromium"
@@ -202,3 +202,19 @@ def test_report_in_headless_chromium(tmp_path):
   finally:
     driver.quit()
   assert time.perf_counter() - t0 < 60  # ~5 s here; generous for a loaded 2-core machine
+
+
+def test_histogram_cut_at_the_threshold_used_and_clipped_values_reported():
+  """The dashed line is the automatic threshold (the smallest flagged derivative), not 0, and
+  values outside the drawn range are counted in a caption with the extremes."""
+  d = np.concatenate([np.linspace(-1.0, 1.0, 1000), [50.0, -40.0]])
+  flagged = d >= 0.5
+  svg = report.histogram_svg(d, flagged, width=680, height=280)
+  lo, hi = np.percentile(d, [0.5, 99.5])
+  x_cut = 50 + (d[flagged].min() - lo) / (hi - lo) * (680 - 50 - 10)
+  m = re.search(r'<line id="cut" x1="([\d.]+)"', svg)
+  assert m and abs(float(m.group(1)) - x_cut) < 0.1
+  clipped = re.search(r'<text id="clipped"[^>]*>([^<]*)</text>', svg)[1]
+  assert f"{int(np.sum(d > hi))} above" in clipped and "max 50" in clipped
+  assert f"{int(np.sum(d < lo))} below" in clipped and "min -40" in clipped
+  assert re.findall(r'text-anchor="(start|end)">', svg)[:2] == ["start", "end"]  # edge ticks

@@ -15,11 +15,11 @@ import pytest
 import configs.dataset_extension
 import configs.multimodal_aggregation
 import configs.outlier_rejection
-from diva_jax.runs import common
-from diva_jax.runs import dataset_extension
-from diva_jax.runs import hyper
-from diva_jax.runs import multimodal_aggregation
-from diva_jax.runs import outlier_rejection
+from diva_jax.runs.lib import common
+from diva_jax.runs.paper import dataset_extension
+from diva_jax.runs.lib import hyper
+from diva_jax.runs.paper import multimodal_aggregation
+from diva_jax.runs.paper import outlier_rejection
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -164,7 +164,7 @@ def test_workdir_with_a_different_config_is_refused(shared_dirs, tmp_path):
     ("view_shift", 0.5, r"^view_shift must be a finite number in \(0, 0.5\), got 0.5"),
 ])
 def test_bad_config_values(shared_dirs, tmp_path, field, value, match):
-  """Defects 1, 5, 7: refused up front, naming the field, and nothing written (a typo must
+  """Refused up front, naming the field, and nothing written (a typo must
   not lock the workdir to a bad config)."""
   cfg = _pixels_config(shared_dirs)
   setattr(cfg, field, value)
@@ -174,7 +174,7 @@ def test_bad_config_values(shared_dirs, tmp_path, field, value, match):
 
 
 def test_int_fields_must_be_integers(shared_dirs, tmp_path):
-  """Defect 7: integer-valued fields (here inside a tuple, which ml_collections does not
+  """Integer-valued fields (here inside a tuple, which ml_collections does not
   type-check) are validated before the run starts."""
   cfg = configs.dataset_extension.get_config("digits,pixels")
   cfg.data_dir, cfg.cache_dir = shared_dirs
@@ -216,7 +216,7 @@ def test_cli_unknown_config_key_is_refused(tmp_path):
 def test_killed_run_resumes_to_the_same_results(shared_dirs, tmp_path):
   """kill -9 in the middle of a run, restart in the same workdir: identical metrics.
 
-  Defect 9: the kill must land mid-run (after the derivative stage is saved, while the
+  The kill must land mid-run (after the derivative stage is saved, while the
   slower baseline stage runs), and the restart must load that stage instead of recomputing
   it; both are asserted, not assumed."""
   args = ["--config=configs/outlier_rejection.py:runlocal,digits,pixels",
@@ -275,7 +275,7 @@ def test_get_hyper_expands_to_runs():
 
 @pytest.mark.slow
 def test_sweep_runs_each_point_and_skips_finished_ones(shared_dirs, tmp_path):
-  from diva_jax.runs import sweep
+  from diva_jax.runs.lib import sweep
   cfg_file = tmp_path / "tiny_sweep.py"
   cfg_file.write_text(
       "import configs.outlier_rejection as base\n"
@@ -305,7 +305,7 @@ def test_sweep_runs_each_point_and_skips_finished_ones(shared_dirs, tmp_path):
   assert [r["skipped"] for r in again] == [True, True]
   assert os.path.getmtime(os.path.join(res[0]["workdir"], "metrics.json")) == mtime
 
-  # Defect 2: extra arguments change the config: the finished runs are not "finished" for
+  # extra arguments change the config: the finished runs are not "finished" for
   # it. Without --overwrite the binary refuses the workdir (old results are not reported as
   # the new ones); with it, the runs are redone.
   argv = cmds[0][1][3:]
@@ -346,7 +346,7 @@ def _strict_json(path):
 
 @pytest.mark.parametrize("max_train", [5, 20, 40])
 def test_outlier_rejection_small_data_n_below_d(shared_dirs, tmp_path, max_train):
-  """Defects 6 and 11: tiny train sets (n < d = 65 pixel features + bias) run to the end;
+  """Tiny train sets (n < d = 65 pixel features + bias) run to the end;
   baselines that cannot run are skipped with a note; metrics.json is strict JSON."""
   cfg = _digits_pixels(configs.outlier_rejection, shared_dirs, max_train=max_train,
                        max_test=100, plots=True, sensitivity_reg_multipliers=(0.1, 1.0))
@@ -361,7 +361,7 @@ def test_outlier_rejection_small_data_n_below_d(shared_dirs, tmp_path, max_train
 
 
 def test_outlier_rejection_everything_flagged_no_refit(shared_dirs, tmp_path):
-  """Defect 6: with every sample flagged (eps below every derivative), no refit on the
+  """With every sample flagged (eps below every derivative), no refit on the
   empty set: test_error_after is null with a note; no baseline header in the summary."""
   cfg = _digits_pixels(configs.outlier_rejection, shared_dirs, max_train=60, max_test=50,
                        baselines=False, plots=False, eps=-1e9, threshold="sign",
@@ -376,8 +376,8 @@ def test_outlier_rejection_everything_flagged_no_refit(shared_dirs, tmp_path):
 
 
 def test_reg_is_a_float_field(shared_dirs, tmp_path):
-  """Defect 1: reg is a float (0.0 = choose by exact LOO), settable from the command line."""
-  from diva_jax.runs import sweep
+  """Reg is a float (0.0 = choose by exact LOO), settable from the command line."""
+  from diva_jax.runs.lib import sweep
   for module in (configs.outlier_rejection, configs.dataset_extension,
                  configs.multimodal_aggregation):
     assert module.get_config().reg == 0.0
@@ -391,7 +391,7 @@ def test_reg_is_a_float_field(shared_dirs, tmp_path):
 
 
 def test_variants_combine_in_every_binary():
-  """Defect 4: :digits and :pixels exist for every binary, and variants combine."""
+  """:digits and :pixels exist for every binary, and variants combine."""
   for module in (configs.outlier_rejection, configs.dataset_extension,
                  configs.multimodal_aggregation):
     c = module.get_config("runlocal,digits,pixels")
@@ -403,7 +403,7 @@ def test_variants_combine_in_every_binary():
 
 @pytest.mark.slow
 def test_multimodal_pixels_real_derivatives_and_group_steps_zero(shared_dirs, tmp_path):
-  """Defect 4: pixels backbone (modalities of different image sizes), per_sample.csv with
+  """Pixels backbone (modalities of different image sizes), per_sample.csv with
   the real derivative, group_steps = 0 handled."""
   cfg = _digits_pixels(configs.multimodal_aggregation, shared_dirs, "runlocal,pixels",
                        max_per_modality=100, glyphs_per_class=5, budget=30, group_steps=0,
@@ -427,7 +427,7 @@ def test_multimodal_pixels_real_derivatives_and_group_steps_zero(shared_dirs, tm
 
 
 def test_multimodal_candidate_labels_outside_core_classes(tmp_path):
-  """Defect 5: a one-line ConfigError, not an IndexError deep in one_hot."""
+  """A one-line ConfigError, not an IndexError deep in one_hot."""
   rng = np.random.default_rng(0)
   np.savez(tmp_path / "core.npz", features=rng.normal(size=(20, 4)), labels=np.arange(20) % 3)
   np.savez(tmp_path / "test.npz", features=rng.normal(size=(10, 4)), labels=np.arange(10) % 3)
@@ -443,7 +443,7 @@ def test_multimodal_candidate_labels_outside_core_classes(tmp_path):
 
 def test_overwrite_removes_every_stale_output_even_if_the_new_run_fails(
     shared_dirs, tmp_path, monkeypatch):
-  """Defect 2: --overwrite leaves no metrics.json / CSV / plot of the old run beside the
+  """--overwrite leaves no metrics.json / CSV / plot of the old run beside the
   new config, also when the new run then fails."""
   cfg = _digits_pixels(configs.outlier_rejection, shared_dirs, max_train=100, max_test=50,
                        baselines=False, plots=True, sensitivity_reg_multipliers=())
@@ -468,7 +468,7 @@ def test_overwrite_removes_every_stale_output_even_if_the_new_run_fails(
 
 
 def test_outputs_respect_the_umask(shared_dirs, tmp_path):
-  """Defect 8: outputs are created 0o666 & ~umask like any tool's, not mkstemp's 0o600."""
+  """Outputs are created 0o666 & ~umask like any tool's, not mkstemp's 0o600."""
   cfg = _digits_pixels(configs.outlier_rejection, shared_dirs, max_train=60, max_test=30,
                        baselines=False, plots=True, sensitivity_reg_multipliers=())
   old = os.umask(0o022)
@@ -485,7 +485,7 @@ def test_outputs_respect_the_umask(shared_dirs, tmp_path):
 
 
 def test_extension_nan_free_strict_json(tmp_path):
-  """Defect 6: every JSON write is strict (allow_nan=False), NaN written as null."""
+  """Every JSON write is strict (allow_nan=False), NaN written as null."""
   from diva_jax import io_utils
   io_utils.atomic_write_json(tmp_path / "m.json", {"a": float("nan"), "b": [1.0, float("inf")],
                                                    "c": {"d": -float("inf"), "e": 2}})

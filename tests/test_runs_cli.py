@@ -42,7 +42,7 @@ def _assert_one_line_error(proc, match):
     ("multimodal_aggregation", ["--workdir={wd}", "--config.budget=2.5"], "config.budget"),
 ])
 def test_bad_input_is_one_line(tmp_path, binary, args, match):
-  """Defects 3, 5, 7: our validation errors are one line on stderr, exit 2, nothing
+  """Our validation errors are one line on stderr, exit 2, nothing
   written. Run from another directory with an absolute --config (defect 10)."""
   (tmp_path / "afile").write_text("")
   args = [a.format(file=tmp_path / "afile", wd=tmp_path / "wd") for a in args]
@@ -52,7 +52,7 @@ def test_bad_input_is_one_line(tmp_path, binary, args, match):
 
 
 def test_default_config_is_found_from_any_directory(tmp_path):
-  """Defect 10: no --config, cwd outside the repository: the default config loads (the run
+  """No --config, cwd outside the repository: the default config loads (the run
   then stops at the bad value, before writing anything)."""
   proc = _run(["-m", "experiments.outlier_rejection", f"--workdir={tmp_path / 'wd'}",
                "--config.reg=-1"], cwd=tmp_path)
@@ -60,12 +60,12 @@ def test_default_config_is_found_from_any_directory(tmp_path):
 
 
 def test_other_errors_keep_their_traceback(tmp_path):
-  """Defect 3: a ValueError that is not our input validation (here NumPy's) propagates with
+  """A ValueError that is not our input validation (here NumPy's) propagates with
   its traceback instead of becoming a usage message."""
   script = tmp_path / "bin.py"
   script.write_text(textwrap.dedent(f"""
       import numpy as np
-      from diva_jax.runs import cli
+      from diva_jax.runs.lib import cli
       def run(config, workdir, overwrite=False):
         np.concatenate([np.zeros((2, 3)), np.zeros((2, 4))])
       cli.define_and_run({os.path.join(REPO, "configs", "outlier_rejection.py")!r}, run)

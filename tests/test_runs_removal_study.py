@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import diva_jax
-from diva_jax.runs import common
-from diva_jax.runs import removal_study
-from diva_jax.runs.errors import ConfigError
+from diva_jax.runs.lib import common
+from diva_jax.runs.studies import removal_study
+from diva_jax.runs.lib.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -90,11 +90,11 @@ def test_confident_joint_rows_hand_example():
   # Sample 1 (label 0): above no threshold -> uncounted; row 0 = [1, 0, 0] scaled to 2.
   # Sample 3 (label 1): p0 = 0.7 >= 0.7 -> (1, 0); sample 2 -> (1, 1); row 1 = [1, 1, 0].
   # Sample 5 (label 2): above none -> uncounted; row 2 = [0, 0, 1] scaled to 2.
-  np.testing.assert_array_equal(diva_jax.detection.confident_joint(p, y),
+  np.testing.assert_array_equal(diva_jax.curation.detect.confident_joint(p, y),
                                 [[2, 0, 0], [1, 1, 0], [0, 0, 2]])
   np.testing.assert_array_equal(removal_study.confident_joint_rows(p, y, 3), [0, 1, 0])
   with pytest.raises(ValueError, match=r"labels must be \[n\] = \(6,\) integers in \[0, 3\)"):
-    diva_jax.detection.confident_joint(p, y + 1)
+    diva_jax.curation.detect.confident_joint(p, y + 1)
   assert diva_jax.estimate_num_issues(p, y) == 1
   rng = np.random.default_rng(0)
   probs = rng.dirichlet(np.ones(4), 300)

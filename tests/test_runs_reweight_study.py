@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import diva_jax
-from diva_jax import curation
-from diva_jax.runs import common
-from diva_jax.runs import reweight_study
-from diva_jax.runs.errors import ConfigError
+from diva_jax.curation import steps as curation
+from diva_jax.runs.lib import common
+from diva_jax.runs.studies import reweight_study
+from diva_jax.runs.lib.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diva_jax import ntk
-from diva_jax import sharding
+from diva_jax.ntk import api as ntk
+from diva_jax.parallel import sharding
 
 
 class MLP(nn.Module):

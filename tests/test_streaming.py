@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import diva_jax
-from diva_jax import streaming
+from diva_jax.loo.streaming import driver as streaming
 
 
 def _problem(n=700, d=12, c=4, seed=0):

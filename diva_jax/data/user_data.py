@@ -15,7 +15,6 @@ RGB (alpha composited on white, 16-bit and float images rescaled to 8 bits) and 
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import csv
 import hashlib
@@ -27,11 +26,16 @@ import numpy as np
 
 from diva_jax import _optional
 from diva_jax.data import loading
+from diva_jax.data.user_common import _check_unique
+from diva_jax.data.user_common import _listing
+from diva_jax.data.user_common import _one_sample_warning
+from diva_jax.data.user_common import source_kind
+from diva_jax.data.user_embeddings import UserEmbeddings  # noqa: F401  (re-exported)
+from diva_jax.data.user_embeddings import load_embeddings  # noqa: F401  (re-exported)
 
 IMAGE_SUFFIXES = frozenset({
     ".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".dib", ".gif", ".tif", ".tiff",
     ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".avif", ".heic", ".heif"})
-_MAX_LISTED = 10
 
 
 class SkippedFile(NamedTuple):
@@ -59,32 +63,6 @@ class UserImages(NamedTuple):
   paths: list[str]
   skipped: list[SkippedFile]
   warnings: list[str]
-
-
-def source_kind(source: str) -> str:
-  """``'folder'`` (an existing directory), ``'csv'``, ``'npz'``, ``'npy'`` (by suffix,
-  case-insensitive), else ``'tfds'`` (a dataset name)."""
-  if os.path.isdir(source):
-    return "folder"
-  suffix = os.path.splitext(source)[1].lower()
-  return {".csv": "csv", ".npz": "npz", ".npy": "npy"}.get(suffix, "tfds")
-
-
-def _listing(items: Sequence, what: str) -> str:
-  """``"3 rows: [1, 2, 3]"``, at most ``_MAX_LISTED`` items shown."""
-  more = f" ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
-  return f"{len(items)} {what}: {list(items[:_MAX_LISTED])}{more}"
-
-
-def _one_sample_warning(name: str, noun: str) -> str:
-  return (f"class {name!r} has 1 {noun}: its leave-one-out prediction cannot see its own "
-          "class")
-
-
-def _check_unique(ids: list[str], source: str, hint: str = "") -> None:
-  dups = [i for i, c in collections.Counter(ids).items() if c > 1]
-  if dups:
-    raise ValueError(f"{source!r}: ids must be unique; {_listing(dups, 'are repeated')}{hint}")
 
 
 @contextlib.contextmanager
@@ -317,7 +295,3 @@ def load_image_csv(csv_path: str, *, size: int, max_images: int = 0) -> UserImag
                    max_images=max_images, skipped=[], warnings=[], source=csv_path,
                    noun="class")
 
-
-# Re-exported: the embeddings source lives in its own module.
-from diva_jax.data.user_embeddings import UserEmbeddings  # noqa: E402,F401
-from diva_jax.data.user_embeddings import load_embeddings  # noqa: E402,F401

@@ -8,10 +8,10 @@ import os
 from typing import NamedTuple
 import numpy as np
 
-from diva_jax.data.user_data import _check_unique
-from diva_jax.data.user_data import _listing
-from diva_jax.data.user_data import _one_sample_warning
-from diva_jax.data.user_data import source_kind
+from diva_jax.data.user_common import _check_unique
+from diva_jax.data.user_common import _listing
+from diva_jax.data.user_common import _one_sample_warning
+from diva_jax.data.user_common import source_kind
 
 
 class UserEmbeddings(NamedTuple):

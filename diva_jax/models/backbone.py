@@ -126,7 +126,7 @@ class Backbone:
   def features(self, images: jax.Array) -> jax.Array:
     """uint8 images ``[n, h, w(, c)]`` -> ``[n, feature_dim]`` float32, in one jitted call.
 
-    For large sets use ``diva_jax.features.extract_features`` (batched, cached).
+    For large sets use ``diva_jax.features.extract.extract_features`` (batched, cached).
     """
     check_images(images)
     return forward(self.apply_fn, self.preprocess, tuple(self.input_size), self.params,

@@ -1,0 +1,186 @@
+"""`find_label_issues`: the library's default rule for mislabel detection, in one call.
+
+The rule (needs no noise mask, no validation set and no test labels):
+
+1. reg: the minimiser of the exact LOO loss over a grid (`select_reg`), unless given;
+2. the dataset derivative at weight 1 of the LOO cross-entropy (temperature 0.3) at
+   `detection_reg_multiplier` (10) times that reg: a smoother fit separates mislabels better;
+3. the automatic threshold: the number of label issues estimated from the exact LOO class
+   probabilities at reg (`estimate_num_issues`, the calibrated confident joint); the that-many
+   samples with the largest positive derivative are flagged.
+
+Every binary of the project (outlier rejection, curate, the studies) calls this function, so
+the default lives here once. `refit_test_error` is the one helper for "refit the ridge head on
+the kept samples, then the test error".
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from diva_jax.curation import checks as cc
+from diva_jax.curation import detect as detection
+from diva_jax.loo import api as _loo
+from diva_jax.loo import reg as reg_selection
+from diva_jax.loo import heldout as validation
+from diva_jax.parallel import multihost as dist
+
+__all__ = ["LabelIssues", "find_label_issues", "refit_test_error", "loo_probabilities",
+           "THRESHOLDS"]
+
+THRESHOLDS = ("auto", "sign")
+
+
+class LabelIssues(NamedTuple):
+  """The result of `find_label_issues` (NumPy arrays; n samples, c classes)."""
+  flagged: np.ndarray            # [n] bool: the samples to remove (or relabel)
+  ranking: np.ndarray            # [n] int: sample indices, most harmful first
+  derivative: np.ndarray         # [n] dL_loo/dw_i at weight 1 (> 0: the sample hurts)
+  loo_probs: np.ndarray          # [n, c] softmax(exact LOO predictions at reg / temperature)
+  suggested_labels: np.ndarray   # [n] int: argmax of the LOO predictions
+  quality_scores: np.ndarray     # [n] LOO probability of the given label (low: suspicious)
+  num_issues: int                # the estimated number of label issues (the auto threshold)
+  num_positive: int              # samples with derivative > eps (what the sign rule flags)
+  reg: float                     # the fit's reg (exact-LOO optimum unless given)
+  detection_reg: float           # the reg the derivative is taken at
+  loo_loss: float                # the mean LOO loss at detection_reg
+
+
+def loo_probabilities(loo_predictions, temperature: float) -> np.ndarray:
+  """Row-wise softmax(loo_predictions / temperature) in float64."""
+  z = np.asarray(loo_predictions, np.float64) / temperature
+  z = z - z.max(1, keepdims=True)
+  p = np.exp(z)
+  return p / p.sum(1, keepdims=True)
+
+
+def _check_labels(labels, num_classes) -> tuple[np.ndarray, int]:
+  y = np.asarray(labels)
+  if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+    raise ValueError(f"labels must be a [n] integer array, got shape {y.shape}, dtype "
+                     f"{y.dtype}.")
+  if y.size < 3:
+    raise ValueError(f"labels must hold at least 3 samples for leave-one-out, got {y.size}.")
+  c = int(y.max()) + 1 if num_classes is None else cc.check_int("num_classes", num_classes, 2)
+  if y.min() < 0 or y.max() >= c:
+    raise ValueError(f"labels must be integers in [0, num_classes) = [0, {c}), got values in "
+                     f"[{int(y.min())}, {int(y.max())}].")
+  if c < 2:
+    raise ValueError(f"labels must hold at least 2 classes, got {c}.")
+  return y, c
+
+
+def find_label_issues(labels, *, features=None, kernel=None, num_classes: Optional[int] = None,
+                      loss: str = "ce", temperature: float = 0.3, reg: Optional[float] = None,
+                      detection_reg_multiplier: float = 10.0, threshold: str = "auto",
+                      eps: float = 0.0, distributed: bool = False) -> LabelIssues:
+  """Finds the mislabelled (detrimental) samples of a labelled dataset by the default rule.
+
+  Args:
+    labels: [n] given labels, integers in [0, num_classes).
+    features: [n, d] features (e.g. a frozen network's penultimate activations, standardised;
+      for detection on augmented views, their average over the views), or
+    kernel: [n, n] a PSD kernel instead (exactly one of the two).
+    num_classes: c (default: max(labels) + 1).
+    loss, temperature: the LOO loss the derivative differentiates ("ce" at T = 0.3 is the
+      strongest detection setting found; "mse" is the plain ridge loss).
+    reg: the fit's ridge reg > 0, or None: the exact-LOO optimum (`select_reg`).
+    detection_reg_multiplier: the derivative is taken at reg times this (> 0).
+    threshold: "auto" (flag the `num_issues` most harmful samples among those with
+      derivative > eps) or "sign" (flag every sample with derivative > eps).
+    eps: the derivative above which a sample counts as harmful.
+    distributed: rows sharded over every device of every process for the derivative
+      (`diva_jax.parallel.multihost`; features only). With one device it is the in-memory path.
+
+  Returns:
+    A `LabelIssues`.
+
+  Raises:
+    ValueError: on bad arguments (named), before anything is computed.
+  """
+  y, c = _check_labels(labels, num_classes)
+  n = y.shape[0]
+  if (features is None) == (kernel is None):
+    raise ValueError("Pass exactly one of features= ([n, d]) or kernel= ([n, n]); got "
+                     f"{'both' if features is not None else 'neither'}.")
+  data = cc.check_array("features" if kernel is None else "kernel",
+                        features if kernel is None else kernel,
+                        "[n, d]" if kernel is None else "[n, n]", 2, kinds="f")
+  if data.shape[0] != n or (kernel is not None and data.shape != (n, n)):
+    want = "[n, d]" if kernel is None else f"[n, n] = ({n}, {n})"
+    raise ValueError(f"{'features' if kernel is None else 'kernel'} must have shape {want} "
+                     f"with n = {n} (the length of labels), got shape {data.shape}.")
+  cc.check_loss(loss, temperature)
+  temperature = cc.check_real("temperature", temperature, positive=True)
+  if reg is not None:
+    reg = cc.check_real("reg", reg, positive=True)
+  mult = cc.check_real("detection_reg_multiplier", detection_reg_multiplier, positive=True)
+  if threshold not in THRESHOLDS:
+    raise ValueError(f"threshold must be one of {THRESHOLDS}, got {threshold!r}.")
+  eps = cc.check_real("eps", eps)
+  if distributed and kernel is not None:
+    raise ValueError("distributed=True shards feature rows; pass features=, not kernel=.")
+
+  dtype = data.dtype
+  targets = np.eye(c, dtype=dtype)[y]
+  ones = np.ones(n, dtype)
+  src = {"features": data} if kernel is None else {"kernel": data}
+  if reg is None:
+    reg = float(reg_selection.select_reg(targets, loss=loss, temperature=temperature,
+                                         **src).reg)
+  det_reg = reg * mult
+  if distributed:
+    value, deriv = dist.sharded_loo_loss_and_derivative(
+        ones, targets, data, reg=det_reg, loss=loss, temperature=temperature)
+  else:
+    value, deriv = _loo.loo_loss_and_derivative(ones, targets, reg=det_reg, loss=loss,
+                                                temperature=temperature, **src)
+  deriv = np.asarray(deriv, np.float64)
+  loo = np.asarray(_loo.loo_predictions(ones, targets, reg=reg, **src), np.float64)
+  probs = loo_probabilities(loo, temperature)
+  num_issues = detection.estimate_num_issues(probs, y)
+  flagged = detection.detect_detrimental(
+      deriv, eps, num_flagged=num_issues if threshold == "auto" else None)
+  return LabelIssues(
+      flagged=flagged, ranking=np.argsort(-deriv, kind="stable"), derivative=deriv,
+      loo_probs=probs, suggested_labels=np.argmax(loo, 1), quality_scores=probs[np.arange(n), y],
+      num_issues=int(num_issues), num_positive=int(np.sum(deriv > eps)), reg=float(reg),
+      detection_reg=float(det_reg), loo_loss=float(value))
+
+
+def refit_test_error(keep, labels, features, test_features, test_labels, *,
+                     reg: Optional[float] = None, loss: str = "ce",
+                     temperature: float = 0.3, num_classes: Optional[int] = None) -> float:
+  """Classification error on a test set of the ridge head refit on the kept samples only.
+
+  Args:
+    keep: [n] bool (or 0/1 weights) of the samples to keep.
+    labels, features: the training set ([n] int labels, [n, d] features).
+    test_features, test_labels: the test set.
+    reg: the refit's reg, or None: re-chosen by exact LOO on the kept samples.
+    loss, temperature: the LOO loss of that choice.
+    num_classes: the head's outputs (default: the largest label seen + 1).
+
+  Returns:
+    The test error in [0, 1]; NaN when fewer than 2 samples are kept.
+  """
+  x = cc.check_array("features", features, "[n, d]", 2, kinds="f")
+  keep = cc.check_mask("keep", keep, x.shape[0])
+  y = np.asarray(labels)
+  tx = cc.check_array("test_features", test_features, "[m, d]", 2, kinds="f")
+  if tx.shape[1] != x.shape[1]:
+    raise ValueError(f"test_features must have d = {x.shape[1]} columns like features, got "
+                     f"shape {tx.shape}.")
+  c = (int(max(y.max(), np.max(test_labels))) + 1 if num_classes is None
+       else cc.check_int("num_classes", num_classes, 2))
+  if keep.sum() < 2:
+    return float("nan")
+  targets = np.eye(c, dtype=x.dtype)[y]
+  if reg is None:
+    reg = float(reg_selection.select_reg(targets[keep], features=x[keep], loss=loss,
+                                         temperature=temperature).reg)
+  pred = validation.ridge_predict(keep.astype(x.dtype), targets, features=x, reg=reg,
+                                  test_features=tx)
+  return float(np.mean(np.argmax(np.asarray(pred), 1) != np.asarray(test_labels)))

@@ -1,0 +1,36 @@
+"""Helpers shared by the user-data sources (`user_data`: image folders and CSVs;
+`user_embeddings`: embedding files): the source kind, listings in messages, id checks."""
+
+from __future__ import annotations
+
+import collections
+import os
+from typing import Sequence
+
+_MAX_LISTED = 10
+
+
+def source_kind(source: str) -> str:
+  """``'folder'`` (an existing directory), ``'csv'``, ``'npz'``, ``'npy'`` (by suffix,
+  case-insensitive), else ``'tfds'`` (a dataset name)."""
+  if os.path.isdir(source):
+    return "folder"
+  suffix = os.path.splitext(source)[1].lower()
+  return {".csv": "csv", ".npz": "npz", ".npy": "npy"}.get(suffix, "tfds")
+
+
+def _listing(items: Sequence, what: str) -> str:
+  """``"3 rows: [1, 2, 3]"``, at most ``_MAX_LISTED`` items shown."""
+  more = f" ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
+  return f"{len(items)} {what}: {list(items[:_MAX_LISTED])}{more}"
+
+
+def _one_sample_warning(name: str, noun: str) -> str:
+  return (f"class {name!r} has 1 {noun}: its leave-one-out prediction cannot see its own "
+          "class")
+
+
+def _check_unique(ids: list[str], source: str, hint: str = "") -> None:
+  dups = [i for i, c in collections.Counter(ids).items() if c > 1]
+  if dups:
+    raise ValueError(f"{source!r}: ids must be unique; {_listing(dups, 'are repeated')}{hint}")
