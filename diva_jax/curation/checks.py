@@ -7,7 +7,6 @@ import numbers
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from diva_jax.loo import checks as _checks
@@ -114,11 +113,9 @@ def check_data(targets, features, kernel) -> int:
 
 
 def float_dtype(features, kernel, targets) -> np.dtype:
-  """The dtype the core computes in: that of features / kernel (else targets) when floating."""
-  for a in (features if features is not None else kernel, targets):
-    if a is not None and jnp.issubdtype(jnp.result_type(a), jnp.floating):
-      return np.dtype(jnp.result_type(a))
-  return np.dtype(jnp.result_type(float))
+  """The dtype the core computes in (`diva_jax.loo.checks.float_dtype`, the one rule): that
+  of features / kernel, else targets, when floating; else JAX's default float."""
+  return np.dtype(_checks.float_dtype(features if features is not None else kernel, targets))
 
 
 def check_weights(name: str, weights, n: int, dtype) -> np.ndarray:
