@@ -1,0 +1,61 @@
+r"""DIVA in the training loop against plain training, one-shot curation, generalized
+cross-entropy and the oracles (diva_jax/runs/studies/train_with_diva.py).
+
+  python -m experiments.train_with_diva --workdir=/tmp/diva/train_with_diva
+
+The head (a 256-unit MLP) trains on EfficientNet-Lite0's pooled features, cached; the
+derivative is taken on its current hidden features. Results and their command are in
+docs/studies.md ("DIVA in the training loop"). Variants: `:runlocal` (digits, raw pixels, one
+seed, 20% uniform noise, 8 epochs: a smoke run of a few seconds); `:accelerator` (every
+image at 224 px, the whole MNIST-5k and animal-MNIST, 5 seeds: for a GPU or TPU, where the
+backbone's features of every process's images are extracted over every device).
+"""
+
+import ml_collections
+
+from diva_jax.runs.lib.variants import apply_variants
+
+
+def get_config(arg=None):
+  c = ml_collections.ConfigDict()
+  c.settings = ("mnist5k:0", "animal_mnist:3000")   # dataset:max_train (0 = all)
+  c.noise = ("uniform:0.2", "uniform:0.4", "pairwise:0.2")
+  c.seeds = 3
+  c.methods = ("plain", "one_shot", "diva", "gce", "oracle", "true_labels")
+  c.epochs = 30
+  c.train_batch_size = 128
+  c.learning_rate = 1e-3         # Adam, the head's parameters
+  c.hidden = 256
+  c.diva_lr = 0.2                # largest weight change of a weight step (normalised)
+  c.diva_interval = 1            # epochs between weight steps
+  c.diva_start = 1               # first epoch with a weight step (0: at initialisation)
+  c.reg_multiplier = 10.0        # the derivative's reg: this x the exact-LOO optimum
+  c.temperature = 0.3            # the LOO cross-entropy's temperature
+  c.gce_q = 0.7                  # generalized cross-entropy (Zhang & Sabuncu 2018 default)
+  c.plots = True
+  # Features (as in the other binaries).
+  c.dataset = "mnist5k"
+  c.data_dir = ""
+  c.cache_dir = ""
+  c.backbone = "efficientnet_lite0"
+  c.image_size = 96
+  c.batch_size = 64
+  c.max_train = 0
+  c.max_test = 0
+  c.linearize = "last_layer"
+  c.noise_type = "uniform"
+  c.noise_rate = 0.2
+  c.seed = 0
+  return apply_variants(c, arg, VARIANTS)
+
+
+def _runlocal(c):
+  c.settings, c.backbone, c.seeds = ("digits:0",), "pixels", 1
+  c.noise, c.epochs = ("uniform:0.2",), 8
+
+
+def _accelerator(c):
+  c.image_size, c.seeds = 224, 5
+
+
+VARIANTS = {"runlocal": _runlocal, "accelerator": _accelerator}

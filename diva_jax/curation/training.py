@@ -1,0 +1,129 @@
+"""DIVA in a training loop: per-sample weights that live next to the model's parameters.
+
+At a chosen interval the dataset derivative of the exact LOO loss is taken around the
+*current* network (its current penultimate features, or projected Jacobian features of its
+trainable part), the weights take one projected step (non-negative; `normalized_sgd` by
+default, any optax transformation otherwise), and the parameter step uses the weighted loss.
+No validation set is involved: the LOO loss on the training set is the criterion.
+
+The API is functional, like optax's: state in, state out, no hidden globals.
+
+    tx = training.weight_optimizer(learning_rate=0.2)
+    state = training.init(num_samples, tx)
+    for epoch in range(epochs):
+      if epoch % interval == 0:
+        feats = penultimate(params, x_train)                     # [n, d], current network
+        state = training.update(state, tx, feats, targets)       # one weight step
+      for idx in batches:
+        grads = jax.grad(lambda p: training.weighted_mean(
+            per_sample_loss(p, x_train[idx], y_train[idx]), state.weights[idx]))(params)
+        ...
+
+`update` with `reg=None` chooses the reg by exact LOO on the current features (eager only);
+with a given reg it is jittable (pass `tx` as a static argument or close over it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from diva_jax.curation import checks as cc
+from diva_jax.curation.steps import normalized_sgd
+from diva_jax.loo import api as _loo
+from diva_jax.loo import reg as _reg
+
+__all__ = ["DivaState", "weight_optimizer", "init", "update", "weighted_mean",
+           "features_reg"]
+
+
+class DivaState(NamedTuple):
+  """Per-sample weights and the optimiser state of their steps (a pytree: checkpoint it
+  with the model's parameters)."""
+  weights: jax.Array          # [n] >= 0, 1 at the start
+  opt_state: Any              # the weight optimiser's state
+  step: jax.Array             # int32: weight steps taken
+  derivative: jax.Array       # [n] the derivative of the last step (0 before the first)
+  loo_loss: jax.Array         # the LOO loss at the last step (NaN before the first)
+
+
+def weight_optimizer(learning_rate: float = 0.2) -> optax.GradientTransformation:
+  """The default weight step: the normalised gradient, largest weight change
+  `learning_rate` per step (`normalized_sgd`)."""
+  return normalized_sgd(learning_rate)
+
+
+def init(num_samples: int, tx: optax.GradientTransformation,
+         dtype=jnp.float32) -> DivaState:
+  """Weights 1 for `num_samples` samples, and `tx`'s state for them."""
+  n = cc.check_int("num_samples", num_samples, 1)
+  w = jnp.ones((n,), dtype)
+  return DivaState(w, tx.init(w), jnp.zeros((), jnp.int32), jnp.zeros((n,), dtype),
+                   jnp.asarray(jnp.nan, dtype))
+
+
+def features_reg(features, targets, *, loss: str = "ce", temperature: float = 0.3,
+                 multiplier: float = 10.0) -> float:
+  """The library's detection reg on these features: `multiplier` x the exact-LOO optimum
+  (`select_reg`) of the given loss. Eager (float64 eigendecomposition)."""
+  sel = _reg.select_reg(targets, features=features, loss=loss, temperature=temperature)
+  return float(sel.reg) * cc.check_real("multiplier", multiplier, positive=True)
+
+
+def update(state: DivaState, tx: optax.GradientTransformation, features, targets, *,
+           reg: Optional[float] = None, loss: str = "ce", temperature: float = 0.3,
+           reg_multiplier: float = 10.0, max_weight: Optional[float] = None,
+           backend: str = "auto") -> DivaState:
+  """One projected step of the weights on the dataset derivative at the current features.
+
+  Args:
+    state: from `init` or a previous `update`.
+    tx: the weight optimiser (`weight_optimizer()` or any optax transformation).
+    features: [n, d] the current network's features of every training sample (e.g. its
+      penultimate activations with a bias column, or projected Jacobian features).
+    targets: [n, c] one-hot (noisy) labels.
+    reg: the ridge reg of the LOO head; None: `features_reg` (exact-LOO optimum x
+      `reg_multiplier`, eager).
+    loss, temperature: the LOO loss (cross-entropy at T = 0.3: the detection setting).
+    reg_multiplier: see `reg`.
+    max_weight: optional upper bound of the weights (projection onto [0, max_weight]).
+    backend: as in `loo_loss_and_derivative`.
+
+  Returns:
+    The new `DivaState`: weights max(0, w - step(dL_loo/dw)), its derivative and LOO loss.
+  """
+  n = state.weights.shape[0]
+  if np.ndim(features) != 2 or np.shape(features)[0] != n:
+    raise ValueError(f"features must have shape [n, d] with n = {n} (the weights), got shape "
+                     f"{np.shape(features)}.")
+  if np.ndim(targets) != 2 or np.shape(targets)[0] != n:
+    raise ValueError(f"targets must have shape [n, c] with n = {n} (the weights), got shape "
+                     f"{np.shape(targets)}.")
+  if max_weight is not None:
+    max_weight = cc.check_real("max_weight", max_weight, positive=True)
+  if reg is None:
+    reg = features_reg(features, targets, loss=loss, temperature=temperature,
+                       multiplier=reg_multiplier)
+  value, deriv = _loo.loo_loss_and_derivative(
+      state.weights, jnp.asarray(targets, state.weights.dtype), features=features, reg=reg,
+      loss=loss, temperature=temperature, backend=backend)
+  deriv = jnp.asarray(deriv, state.weights.dtype)
+  updates, opt_state = tx.update(deriv, state.opt_state, state.weights)
+  w = jnp.maximum(optax.apply_updates(state.weights, updates), 0.0)
+  if max_weight is not None:
+    w = jnp.minimum(w, max_weight)
+  return DivaState(w, opt_state, state.step + 1, deriv,
+                   jnp.asarray(value, state.weights.dtype))
+
+
+def weighted_mean(per_sample_losses, weights):
+  """sum_i w_i l_i / sum_i w_i: the parameter step's loss on a batch (0 if every weight is
+  0). Normalised by the batch's weight so the parameter learning rate keeps its meaning."""
+  w = jnp.asarray(weights, per_sample_losses.dtype)
+  total = jnp.sum(w)
+  return jnp.where(total > 0, jnp.sum(w * per_sample_losses) / jnp.where(total > 0, total, 1),
+                   0.0)
