@@ -14,6 +14,7 @@ from PIL import Image
 
 import diva_jax
 from diva_jax.runs.paper import curate
+from diva_jax.runs.lib.config_checks import ConfigMismatchError
 from diva_jax.runs.lib.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -135,6 +136,27 @@ def test_relabel_suggests_the_true_class_for_most_flagged(planted, tmp_path):
   assert len(changed) > 0.6 * len(flagged_noisy)
 
 
+def test_relabel_rerun_in_the_same_workdir_reuses_the_scores(planted, tmp_path, monkeypatch):
+  """relabel changes only the outputs: a rerun in the same workdir is accepted without
+  --overwrite and does not score again."""
+  _, csv_path, _, _, _ = planted
+  wd = str(tmp_path / "w")
+  curate.run(_config(csv_path), wd)
+  with open(os.path.join(wd, "cleaned_labels.csv"), newline="") as f:
+    dropped = list(csv.DictReader(f))
+  def boom(*a, **k):
+    raise AssertionError("scored again")
+  monkeypatch.setattr(curate.label_issues, "find_label_issues", boom)
+  curate.run(_config(csv_path, relabel=True), wd)
+  with open(os.path.join(wd, "cleaned_labels.csv"), newline="") as f:
+    relabelled = list(csv.DictReader(f))
+  assert len(relabelled) == N > len(dropped)
+  assert json.load(open(os.path.join(wd, "config.json")))["relabel"] is True
+  # A change of what is scored still needs --overwrite.
+  with pytest.raises(ConfigMismatchError, match="temperature"):
+    curate.run(_config(csv_path, temperature=0.5), wd)
+
+
 def test_bad_sources_refused_before_anything_is_written(planted, tmp_path):
   root, csv_path, _, _, _ = planted
   bad_csv = tmp_path / "bad.csv"
@@ -144,6 +166,8 @@ def test_bad_sources_refused_before_anything_is_written(planted, tmp_path):
       (_config(str(bad_csv)), "missing"),
       (_config(root, detection_reg_multiplier=0.0), "detection_reg_multiplier"),
       (_config(root, report_grid=0), "report_grid"),
+      (_config(str(tmp_path / "no" / "such_foldr")), "no such file or folder"),
+      (_config(str(tmp_path / "missing.csv")), "no such file or folder"),
   ]
   for config, match in cases:
     wd = tmp_path / f"wd_{abs(hash(match))}"

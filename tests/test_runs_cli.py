@@ -43,11 +43,21 @@ def _assert_one_line_error(proc, match):
 ])
 def test_bad_input_is_one_line(tmp_path, binary, args, match):
   """Our validation errors are one line on stderr, exit 2, nothing
-  written. Run from another directory with an absolute --config (defect 10)."""
+  written. Run from another directory with an absolute --config."""
   (tmp_path / "afile").write_text("")
   args = [a.format(file=tmp_path / "afile", wd=tmp_path / "wd") for a in args]
   proc = _run(["-m", f"experiments.{binary}", DIGITS.format(binary)] + args, cwd=tmp_path)
   _assert_one_line_error(proc, match)
+  assert not (tmp_path / "wd").exists()
+
+
+@pytest.mark.parametrize("binary, key", [("curate", "soruce"), ("outlier_rejection", "datset")])
+def test_config_key_typo_without_config_flag_is_one_line(tmp_path, binary, key):
+  """Without --config the default file is loaded at flag definition: a mistyped override
+  there is the same one-line error, with ml_collections' suggestion."""
+  proc = _run(["-m", f"experiments.{binary}", f"--workdir={tmp_path / 'wd'}",
+               f"--config.{key}=x"], cwd=tmp_path)
+  _assert_one_line_error(proc, f"--config.{key}: the config has no such field (Did you mean")
   assert not (tmp_path / "wd").exists()
 
 
