@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import io
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import Iterator, Sequence
 
 import jax
 import numpy as np
@@ -47,7 +47,6 @@ __all__ = [
     "broadcast_bytes",
     "allgather_bytes",
     "allgather_ints",
-    "ShardedFeatures",
 ]
 
 _LOCAL = contextvars.ContextVar("diva_jax_local_process", default=False)

@@ -231,7 +231,6 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
   timings["embed_seconds"] = time.perf_counter() - start
   feats = common.standardize(raw)[0]
   num_classes = len(samples.class_names)
-  targets = common.one_hot(samples.labels, num_classes)
   n = len(samples.labels)
 
   def score():

@@ -25,7 +25,6 @@ Outputs: results.json (every run), summary.csv (mean and std per cell), metrics.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 
