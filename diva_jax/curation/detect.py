@@ -27,7 +27,8 @@ from diva_jax.curation.checks import check_mask as _check_mask
 from diva_jax.curation.checks import check_real as _check_real
 
 __all__ = ["DetectionMetrics", "DetectionRegChoice", "detect_detrimental", "detection_metrics",
-           "auroc", "estimate_num_issues", "confident_joint", "choose_detection_reg"]
+           "auroc", "estimate_num_issues", "loo_probabilities", "confident_joint",
+           "choose_detection_reg"]
 
 
 def detect_detrimental(derivative, eps: float = 0.0, *, num_flagged=None) -> np.ndarray:
@@ -45,6 +46,14 @@ def detect_detrimental(derivative, eps: float = 0.0, *, num_flagged=None) -> np.
   top = np.zeros(d.shape, bool)
   top[order] = True
   return flagged & top
+
+
+def loo_probabilities(loo_predictions, temperature: float) -> np.ndarray:
+  """Row-wise softmax(loo_predictions / temperature) in float64."""
+  z = np.asarray(loo_predictions, np.float64) / temperature
+  z = z - z.max(1, keepdims=True)
+  p = np.exp(z)
+  return p / p.sum(1, keepdims=True)
 
 
 def estimate_num_issues(probs, labels) -> int:
@@ -149,11 +158,8 @@ class DetectionRegChoice(NamedTuple):
 
 def _auto_num_flagged(targets, x, labels, reg, temperature):
   """The automatic threshold: `estimate_num_issues` on softmax(exact LOO at reg / T)."""
-  loo = np.asarray(_loo.loo_predictions(np.ones(x.shape[0], x.dtype), targets, features=x,
-                                            reg=reg), np.float64)
-  z = loo / temperature
-  p = np.exp(z - z.max(1, keepdims=True))
-  return estimate_num_issues(p / p.sum(1, keepdims=True), labels)
+  loo = _loo.loo_predictions(np.ones(x.shape[0], x.dtype), targets, features=x, reg=reg)
+  return estimate_num_issues(loo_probabilities(loo, temperature), labels)
 
 
 def _flags(targets, x, labels, reg, mult, loss, temperature, num_flagged):

@@ -27,6 +27,8 @@ from diva_jax.loo import reg as reg_selection
 from diva_jax.loo import heldout as validation
 from diva_jax.parallel import multihost as dist
 
+loo_probabilities = detection.loo_probabilities  # re-exported
+
 __all__ = ["LabelIssues", "find_label_issues", "refit_test_error", "loo_probabilities",
            "THRESHOLDS"]
 
@@ -46,14 +48,6 @@ class LabelIssues(NamedTuple):
   reg: float                     # the fit's reg (exact-LOO optimum unless given)
   detection_reg: float           # the reg the derivative is taken at
   loo_loss: float                # the mean LOO loss at detection_reg
-
-
-def loo_probabilities(loo_predictions, temperature: float) -> np.ndarray:
-  """Row-wise softmax(loo_predictions / temperature) in float64."""
-  z = np.asarray(loo_predictions, np.float64) / temperature
-  z = z - z.max(1, keepdims=True)
-  p = np.exp(z)
-  return p / p.sum(1, keepdims=True)
 
 
 def _check_labels(labels, num_classes) -> tuple[np.ndarray, int]:
@@ -139,7 +133,7 @@ def find_label_issues(labels, *, features=None, kernel=None, num_classes: Option
                                                 temperature=temperature, **src)
   deriv = np.asarray(deriv, np.float64)
   loo = np.asarray(_loo.loo_predictions(ones, targets, reg=reg, **src), np.float64)
-  probs = loo_probabilities(loo, temperature)
+  probs = detection.loo_probabilities(loo, temperature)
   num_issues = detection.estimate_num_issues(probs, y)
   flagged = detection.detect_detrimental(
       deriv, eps, num_flagged=num_issues if threshold == "auto" else None)

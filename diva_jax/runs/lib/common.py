@@ -65,6 +65,7 @@ from diva_jax.runs.lib.workdir import is_main_process  # noqa: E402,F401
 from diva_jax.runs.lib.workdir import remove_outputs  # noqa: E402,F401
 from diva_jax.runs.lib.workdir import to_json  # noqa: E402,F401
 from diva_jax import data
+from diva_jax.curation import detect
 from diva_jax import models
 from diva_jax.data import augment
 from diva_jax.features import extract as feats
@@ -283,12 +284,8 @@ def test_error(weights, targets, features, reg, test_features, test_labels) -> f
   return float(np.mean(np.argmax(np.asarray(pred), 1) != test_labels))
 
 
-def softmax(x, temperature):
-  """Row-wise softmax(x / temperature) in float64 (LOO predictions -> class probabilities)."""
-  z = np.asarray(x, np.float64) / temperature
-  z = z - z.max(1, keepdims=True)
-  p = np.exp(z)
-  return p / p.sum(1, keepdims=True)
+# Row-wise softmax(x / temperature) in float64 (LOO predictions -> class probabilities).
+softmax = detect.loo_probabilities
 
 
 def one_hot(labels, num_classes):
