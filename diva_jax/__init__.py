@@ -40,6 +40,11 @@ from diva_jax.curation.steps import tune_augmentations
 from diva_jax.curation.label_issues import LabelIssues
 from diva_jax.curation.label_issues import find_label_issues
 from diva_jax.curation.label_issues import refit_test_error
+from diva_jax.curation.valuation import curve_auc
+from diva_jax.curation.valuation import loo_removal_effect
+from diva_jax.curation.valuation import noisy_detection_f1
+from diva_jax.curation.valuation import point_curve
+from diva_jax.curation.valuation import two_means_split
 
 from diva_jax.kernels import median_sq_distance
 from diva_jax.kernels import rbf_kernel
@@ -77,6 +82,7 @@ __all__ = [
     "BACKENDS", "LOSSES", "LooResult", "RegSelection", "DetectionMetrics", "ExtendResult",
     "GroupReweightResult", "ReweightResult", "DetectionRegChoice", "LabelIssues",
     "find_label_issues", "refit_test_error",
+    "loo_removal_effect", "two_means_split", "noisy_detection_f1", "point_curve", "curve_auc",
     "loo_predictions", "loo_loss", "loo_loss_and_derivative", "dataset_derivative",
     "reference_loo_loss", "streamed_loo_loss_and_derivative", "select_reg", "ridge_predict",
     "validation_loss", "validation_derivative", "validation_loss_and_derivative",

@@ -1,7 +1,9 @@
 """What the dataset derivative is used for: `label_issues` (`find_label_issues`, the default
 rule in one call, and `refit_test_error`), `detect` (the automatic threshold, detection
 metrics, the choice of the detection reg), `steps` (reweighting, dataset extension, group
-weights, augmentation tuning), `checks` (their boundary validation)."""
+weights, augmentation tuning), `valuation` (the exact LOO removal effect and the
+data-valuation protocol's metrics), `training` (DIVA in a training loop), `checks` (their
+boundary validation)."""
 
 from diva_jax.curation.detect import DetectionRegChoice
 from diva_jax.curation.detect import choose_detection_reg
