@@ -189,14 +189,14 @@ def test_killed_process_restarted_resumes_from_saved_stages(reference, tmp_path)
 
 @pytest.mark.slow
 def test_two_process_sweep_runs_each_point_once_like_a_local_sweep(tmp_path):
-  cfg = tmp_path / "sweep4.py"
+  cfg = tmp_path / "sweep2.py"
   cfg.write_text(
       "import configs.outlier_rejection as base\n"
       "def get_config(arg=None):\n"
       "  return base.get_config('runlocal')\n"
       "def get_hyper(h):\n"
       "  return h.product([h.sweep('config.noise_rate', [0.1, 0.3]),\n"
-      "                    h.sweep('config.loss', ['mse', 'ce'])])\n")
+      "                    h.sweep('config.loss', ['ce'])])\n")
   extra = ["--"] + SMALL + ["--config.sensitivity_reg_multipliers=(1.0,)",
                             "--config.baselines=False"]
   base = [f"--config={cfg}", "--binary=experiments.outlier_rejection"]
@@ -207,9 +207,9 @@ def test_two_process_sweep_runs_each_point_once_like_a_local_sweep(tmp_path):
   assert local_logs
   runs = sorted(os.listdir(tmp_path / "pod"))
   points = [r for r in runs if r[:3].isdigit()]
-  assert len(points) == 4
+  assert len(points) == 2
   # Each point ran exactly once, on process i mod 2.
-  for i in range(4):
+  for i in range(2):
     ran = [log.count(f"sweep point {i} (") for log in logs]
     assert ran == ([1, 0] if i % 2 == 0 else [0, 1]), (i, ran)
     assert f"sweep point {i} (" in logs[i % 2] and "returncode 0" in logs[i % 2]
@@ -232,5 +232,5 @@ def test_two_process_sweep_runs_each_point_once_like_a_local_sweep(tmp_path):
   # Restarted, the sweep skips every finished point.
   again = _wait(_start("experiments.sweep", base + [f"--workdir={tmp_path / 'pod'}"] + extra,
                        nproc=2))
-  assert sum(log.count("(finished before)") for log in again) == 4
+  assert sum(log.count("(finished before)") for log in again) == 2
   assert np.all([("embedded" not in log) for log in again])
