@@ -110,14 +110,17 @@ def loo_removal_effect(targets, *, features=None, kernel=None, reg: float,
   x = np.asarray(x, np.float64)
   k = x @ x.T if kernel is None else x
   sa = np.sqrt(a)
-  m_mat = reg * np.eye(n) + sa[:, None] * k * sa[None, :]
-  chol = np.linalg.cholesky(m_mat)
-  m_inv = np.linalg.solve(chol.T, np.linalg.solve(chol, np.eye(n)))
-  m_inv = (m_inv + m_inv.T) / 2
-  g = (k * sa[None, :]) @ (m_inv * sa[None, :])       # G = K A^1/2 M^-1 A^1/2
+  m_inv = _spd_inverse(reg * np.eye(n) + sa[:, None] * k * sa[None, :])
   omh = reg * np.diag(m_inv)                            # 1 - h_i, exact
-  # Residuals fit - y: for a_i > 0 the subtraction-free form -reg (M^-1 A^1/2 Y)_i / sqrt(a_i).
+  # G = K A^1/2 M^-1 A^1/2. Rows with a_i > 0 from A^1/2 K A^1/2 M^-1 = I - reg M^-1 (no
+  # product; off the diagonal subtraction-free), the others (a_i = 0) by the product.
   safe = np.where(a > 0, sa, 1.0)
+  g = -reg * m_inv * (sa[None, :] / safe[:, None])
+  g[np.diag_indices(n)] += 1.0
+  zero = np.flatnonzero(a == 0)
+  if zero.size:
+    g[zero] = (k[zero] * sa[None, :]) @ (m_inv * sa[None, :])
+  # Residuals fit - y: for a_i > 0 the subtraction-free form -reg (M^-1 A^1/2 Y)_i / sqrt(a_i).
   r = np.where((a > 0)[:, None], -reg * (m_inv @ (sa[:, None] * y)) / safe[:, None],
                g @ y - y)
   with jax.enable_x64(True):
@@ -133,6 +136,20 @@ def loo_removal_effect(targets, *, features=None, kernel=None, reg: float,
                                        jnp.asarray(j), *args, temperature, loss))
       out[j] = got
   return out - base
+
+
+def _spd_inverse(m):
+  """The inverse of a symmetric positive-definite matrix (LAPACK potrf + potri)."""
+  from scipy.linalg import lapack
+  chol, info = lapack.dpotrf(m, lower=False)
+  if info != 0:
+    raise np.linalg.LinAlgError(f"the matrix reg I + A^1/2 K A^1/2 is not positive definite "
+                                f"(potrf info {info}): is the kernel PSD?")
+  inv, info = lapack.dpotri(chol, lower=False)
+  if info != 0:
+    raise np.linalg.LinAlgError(f"potri failed (info {info}).")
+  upper = np.triu(inv)
+  return upper + np.triu(inv, 1).T
 
 
 def two_means_split(values) -> np.ndarray:
