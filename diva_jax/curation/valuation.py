@@ -23,7 +23,7 @@ removing j is closed-form: O(n^2 c) for all j, O(n^2) memory, in float64.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp

@@ -313,13 +313,6 @@ def score(values, flipped, downstreams: dict, config, seed) -> dict:
   return out
 
 
-def _remove_low_at(row, downstream, config, fraction):
-  fr = list(config.removal_fractions)
-  if fraction not in fr:
-    return None
-  return row[f"{downstream}_remove_low"][fr.index(fraction)]
-
-
 # ----------------------------------------------------------------------------- run
 
 
