@@ -343,8 +343,10 @@ def _one(config, wd, tag, x, labels, xv, yv_clean, xe, ye, num_classes, rate, se
       else:
         values[m], times[m] = np.asarray(v["values"], np.float64), v["seconds"]
         extras[m] = v.get("settings", {})
-  reg = float(diva_jax.select_reg(common.one_hot(noisy, num_classes), features=x, loss="ce",
-                                  temperature=0.3).reg)
+  reg = extras.get("diva_plain", {}).get("reg")  # the same exact-LOO optimum, if chosen
+  if reg is None:
+    reg = float(diva_jax.select_reg(common.one_hot(noisy, num_classes), features=x,
+                                    loss="ce", temperature=0.3).reg)
   downstreams = {}
   if "ridge" in config.downstreams:
     downstreams["ridge"] = RidgeDownstream(x, noisy, num_classes, reg, xe, ye)
