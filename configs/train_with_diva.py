@@ -21,15 +21,19 @@ def get_config(arg=None):
   c.settings = ("mnist5k:0", "animal_mnist:3000")   # dataset:max_train (0 = all)
   c.noise = ("uniform:0.2", "uniform:0.4", "pairwise:0.2")
   c.seeds = 3
-  c.methods = ("plain", "one_shot", "diva", "gce", "oracle", "true_labels")
+  c.methods = ("plain", "one_shot", "diva", "diva_frozen", "diva_both", "gce", "oracle",
+               "true_labels")
+  c.trunk = "block:16"            # 'mlp' (a head on the pooled features) or 'block:K'
+  c.backbone_learning_rate = 1e-4  # Adam, the pretrained layers that are trained
   c.epochs = 30
   c.train_batch_size = 128
-  c.learning_rate = 1e-3         # Adam, the head's parameters
-  c.hidden = 256
+  c.learning_rate = 1e-3         # Adam, the new layers' parameters
+  c.hidden = 256                 # trunk='mlp': the head's hidden units
   c.diva_lr = 0.2                # largest weight change of a weight step (normalised)
   c.diva_interval = 1            # epochs between weight steps
   c.diva_start = 1               # first epoch with a weight step (0: at initialisation)
   c.reg_multiplier = 10.0        # the derivative's reg: this x the exact-LOO optimum
+  c.diva_reg = "first_step"      # chosen once, at the first weight step; or "every_step"
   c.temperature = 0.3            # the LOO cross-entropy's temperature
   c.gce_q = 0.7                  # generalized cross-entropy (Zhang & Sabuncu 2018 default)
   c.plots = True
@@ -50,12 +54,16 @@ def get_config(arg=None):
 
 
 def _runlocal(c):
-  c.settings, c.backbone, c.seeds = ("digits:0",), "pixels", 1
+  c.settings, c.backbone, c.trunk, c.seeds = ("digits:0",), "pixels", "mlp", 1
   c.noise, c.epochs = ("uniform:0.2",), 8
 
 
+def _mlp(c):
+  c.trunk = "mlp"
+
+
 def _accelerator(c):
-  c.image_size, c.seeds = 224, 5
+  c.trunk, c.image_size, c.seeds = "block:0", 224, 5
 
 
-VARIANTS = {"runlocal": _runlocal, "accelerator": _accelerator}
+VARIANTS = {"runlocal": _runlocal, "mlp": _mlp, "accelerator": _accelerator}

@@ -167,3 +167,40 @@ def test_from_flax_generic_backbone_with_orbax_restore(tmp_path):
   other = module.init(jax.random.key(1), jnp.zeros((1, 6, 6, 3), jnp.float32))
   assert models.params_checksum(other) != backbone.weights_id
   assert backbone.with_input_size(8).input_size == (8, 8)
+
+
+def test_cut_network_halves_compose_to_the_whole(backbone):
+  # The trunk cut before a block (flattened, as cached) then the rest from that block on
+  # gives the whole network's pooled features and logits; the cut's shape is
+  # `activation_shape`.
+  x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3), minval=-1, maxval=1)
+  v = backbone.params
+  whole = jax.jit(lambda v, x: efficientnet.EfficientNetLite().apply(v, x, features=True))(v, x)
+  assert models.activation_shape(1, 32) == (16, 16, 16)
+  assert models.activation_shape(16, 96) == (3, 3, 320)
+  for block in (9,):
+    trunk = models.efficientnet_lite0_trunk(block, input_size=32)
+    shape = models.activation_shape(block, 32)
+    flat = jax.jit(trunk.apply_fn)(trunk.params, x)
+    assert flat.shape == (2, int(np.prod(shape))) == (2, trunk.feature_dim)
+    top = efficientnet.EfficientNetLite(start_block=block)
+    h = flat.reshape(2, *shape)
+    np.testing.assert_allclose(jax.jit(lambda v, h: top.apply(v, h, features=True))(v, h),
+                               whole, rtol=1e-5, atol=1e-5)
+    assert trunk.name == f"efficientnet_lite0_upto{block}"
+    assert trunk.weights_id == backbone.weights_id
+  # Before block 16 the head convolution alone remains: its output, pooled, is the feature.
+  h16 = jax.jit(efficientnet.EfficientNetLite(stop_block=16).apply)(v, x)
+  top16 = efficientnet.EfficientNetLite(start_block=16)
+  np.testing.assert_allclose(jax.jit(lambda v, h: top16.apply(v, h, features=True))(v, h16),
+                             whole, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("block", [0, 17, 2.0, True, "3"])
+def test_trunk_cut_out_of_range_is_refused(block):
+  with pytest.raises(ValueError, match=r"block must be an int in \[1, 16\]"):
+    models.efficientnet_lite0_trunk(block)
+  if block == 17 and not isinstance(block, bool):
+    with pytest.raises(ValueError, match="start_block <= stop_block"):
+      efficientnet.EfficientNetLite(stop_block=block).init(
+          jax.random.key(0), jnp.zeros((1, 32, 32, 3)))

