@@ -3,12 +3,14 @@ cross-entropy and the oracles (diva_jax/runs/studies/train_with_diva.py).
 
   python -m experiments.train_with_diva --workdir=/tmp/diva/train_with_diva
 
-The head (a 256-unit MLP) trains on EfficientNet-Lite0's pooled features, cached; the
-derivative is taken on its current hidden features. Results and their command are in
-docs/studies.md ("DIVA in the training loop"). Variants: `:runlocal` (digits, raw pixels, one
-seed, 20% uniform noise, 8 epochs: a smoke run of a few seconds); `:accelerator` (every
-image at 224 px, the whole MNIST-5k and animal-MNIST, 5 seeds: for a GPU or TPU, where the
-backbone's features of every process's images are extracted over every device).
+EfficientNet-Lite0 at 96 px, frozen before block `trunk` (the activations entering it cached)
+and trained from there: `block:16` trains the head convolution and a new classifier on the
+cached 3x3x320 activations; the derivative is taken on the current pooled features. Results
+and their command are in docs/studies.md ("DIVA in the training loop"). Variants:
+`:runlocal` (digits, raw pixels, an MLP head, one seed, 20% uniform noise, 8 epochs: a smoke
+run of a few seconds); `:mlp` (a 256-unit MLP head on the frozen pooled features, the first
+comparison's network); `:accelerator` (`block:0`: the whole network from the images at
+224 px, 5 seeds, each batch split over the process's devices: for a GPU or TPU).
 """
 
 import ml_collections

@@ -187,14 +187,10 @@ def efficientnet_net(block: int, c: int, image_size: int) -> Net:
 
 
 def _loss_from_logp(logp, y, loss: str, q: float):
+  """Per-sample cross-entropy ('ce') or generalized cross-entropy ('gce', exponent q)."""
   if loss == "gce":  # (1 - p_y^q) / q
     return (1.0 - jnp.exp(q * jnp.take_along_axis(logp, y[:, None], 1)[:, 0])) / q
   return -jnp.take_along_axis(logp, y[:, None], 1)[:, 0]
-
-
-def per_sample_loss(net_apply, params, x, y, loss: str, q: float):
-  """Per-sample cross-entropy ('ce') or generalized cross-entropy ('gce', exponent q)."""
-  return _loss_from_logp(jax.nn.log_softmax(net_apply(params, x)[1]), y, loss, q)
 
 
 def _lift(*blocks):
