@@ -19,7 +19,7 @@ from diva_jax.models.torch_pickle import load_state_dict
 
 __all__ = [
     "Backbone", "EfficientNetLite", "TorchPickleError", "activation_shape", "check_images",
-    "efficientnet_lite0", "efficientnet_lite0_trunk", "from_flax", "imagenet_class_names", "load_pretrained_variables",
-    "load_state_dict", "logits", "num_blocks", "params_checksum", "pooled_features", "preprocess_images",
-    "pretrained_weights_path",
+    "efficientnet_lite0", "efficientnet_lite0_trunk", "from_flax", "imagenet_class_names",
+    "load_pretrained_variables", "load_state_dict", "logits", "num_blocks", "params_checksum",
+    "pooled_features", "preprocess_images", "pretrained_weights_path",
 ]

