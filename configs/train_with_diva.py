@@ -31,7 +31,10 @@ def get_config(arg=None):
   c.train_batch_size = 128
   c.learning_rate = 1e-3         # Adam, the new layers' parameters
   c.hidden = 256                 # trunk='mlp': the head's hidden units
-  c.diva_lr = 0.3                # largest weight change of a weight step (normalised)
+  c.diva_step = "normalized"      # or "line_search": the LOO loss chooses the step size
+  c.diva_lr = 0.3                # largest weight change of a weight step (line_search: the
+                                 # first size tried)
+  c.diva_inner_steps = 1         # weight steps per derivative update (same features)
   c.diva_interval = 1            # epochs between weight steps
   c.diva_start = 1               # first epoch with a weight step (0: at initialisation)
   c.reg_multiplier = 10.0        # the derivative's reg: this x the exact-LOO optimum

@@ -66,6 +66,42 @@ def test_weight_step_matches_brute_force_derivative_at_current_parameters():
   assert np.all(np.asarray(s2.weights) >= 0)
 
 
+def test_search_update_takes_the_largest_armijo_step_of_the_brute_force_loo_loss():
+  # The LOO loss chooses the step: the first of 16, 8, 4, ... (largest weight change)
+  # whose brute-force float64 LOO loss decreases enough (Armijo), along -g / max|g|.
+  rng = np.random.default_rng(4)
+  n, c = 20, 3
+  feats = np.concatenate([rng.normal(size=(n, 4)), np.ones((n, 1))], 1)
+  labels = rng.integers(0, c, n)
+  y = np.eye(c)[labels]
+  w0 = np.ones(n)
+  brute = lambda w: _brute_loo_ce(feats, y, w, 0.3, 0.3)
+  h = 1e-6
+  g = np.array([(brute(w0 + h * np.eye(n)[i]) - brute(w0 - h * np.eye(n)[i])) / (2 * h)
+                for i in range(n)])
+  state = training.init(n, training.weight_optimizer(), dtype=jnp.float64)
+  new = training.search_update(state, feats, y, reg=0.3, max_step=16.0, armijo=0.5,
+                               temperature=0.3)
+  for k in range(11):
+    cand = np.maximum(w0 - 16.0 / 2 ** k * g / np.abs(g).max(), 0.0)
+    if brute(cand) <= brute(w0) + 0.5 * g @ (cand - w0):
+      break
+  assert k > 0   # the first size tried was refused: the search did something
+  np.testing.assert_allclose(np.asarray(new.weights), cand, rtol=1e-6, atol=1e-8)
+  np.testing.assert_allclose(np.asarray(new.derivative), g, rtol=1e-5, atol=1e-9)
+  assert float(new.loo_loss) == pytest.approx(brute(w0), rel=1e-9)
+  # Further steps on the same features keep lowering the LOO loss.
+  more = training.search_update(new, feats, y, reg=0.3, max_step=16.0, armijo=0.5,
+                                steps=2, temperature=0.3)
+  assert int(more.step) == 3
+  assert brute(np.asarray(more.weights)) < brute(np.asarray(new.weights)) < brute(w0)
+  assert np.all(np.asarray(more.weights) >= 0)
+  with pytest.raises(ValueError, match="steps"):
+    training.search_update(state, feats, y, reg=0.3, steps=0)
+  with pytest.raises(ValueError, match="features must have shape"):
+    training.search_update(state, feats[:3], y, reg=0.3)
+
+
 def test_update_is_jittable_and_refuses_mismatched_shapes():
   rng = np.random.default_rng(2)
   feats, y = rng.normal(size=(20, 4)), np.eye(2)[rng.integers(0, 2, 20)]
@@ -133,6 +169,8 @@ def test_binary_runlocal_smoke_and_resume(tmp_path):
     ("--config.trunk=block:17", "trunk must be"),
     ("--config.trunk=block:16", "needs backbone='efficientnet_lite0'"),
     ("--config.diva_reg=sometimes", "diva_reg"),
+    ("--config.diva_step=adam", "diva_step"),
+    ("--config.diva_inner_steps=0", "diva_inner_steps"),
 ])
 def test_bad_configs_are_refused_before_anything_is_written(tmp_path, override, match):
   wd = tmp_path / "w"

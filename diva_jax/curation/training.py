@@ -21,6 +21,11 @@ The API is functional, like optax's: state in, state out, no hidden globals.
 
 `update` with `reg=None` chooses the reg by exact LOO on the current features (eager only);
 with a given reg it is jittable (pass `tx` as a static argument or close over it).
+
+`search_update` lets the LOO loss choose the step size instead of a fixed learning rate: a
+backtracking (Armijo) line search along the normalised derivative, from a largest weight
+change `max_step`, halving until the LOO loss on the current features decreases enough
+(eager: the search evaluates the loss).
 """
 
 from __future__ import annotations
@@ -33,12 +38,13 @@ import numpy as np
 import optax
 
 from diva_jax.curation import checks as cc
+from diva_jax.curation import steps as _steps
 from diva_jax.curation.steps import normalized_sgd
 from diva_jax.loo import api as _loo
 from diva_jax.loo import reg as _reg
 
-__all__ = ["DivaState", "weight_optimizer", "init", "update", "weighted_mean",
-           "features_reg"]
+__all__ = ["DivaState", "weight_optimizer", "init", "update", "search_update",
+           "weighted_mean", "features_reg"]
 
 
 class DivaState(NamedTuple):
@@ -96,13 +102,7 @@ def update(state: DivaState, tx: optax.GradientTransformation, features, targets
   Returns:
     The new `DivaState`: weights max(0, w - step(dL_loo/dw)), its derivative and LOO loss.
   """
-  n = state.weights.shape[0]
-  if np.ndim(features) != 2 or np.shape(features)[0] != n:
-    raise ValueError(f"features must have shape [n, d] with n = {n} (the weights), got shape "
-                     f"{np.shape(features)}.")
-  if np.ndim(targets) != 2 or np.shape(targets)[0] != n:
-    raise ValueError(f"targets must have shape [n, c] with n = {n} (the weights), got shape "
-                     f"{np.shape(targets)}.")
+  _check_shapes(state, features, targets)
   if max_weight is not None:
     max_weight = cc.check_real("max_weight", max_weight, positive=True)
   if reg is None:
@@ -118,6 +118,59 @@ def update(state: DivaState, tx: optax.GradientTransformation, features, targets
     w = jnp.minimum(w, max_weight)
   return DivaState(w, opt_state, state.step + 1, deriv,
                    jnp.asarray(value, state.weights.dtype))
+
+
+def search_update(state: DivaState, features, targets, *, reg: Optional[float] = None,
+                  max_step: float = 1.0, steps: int = 1, max_backtracks: int = 10,
+                  armijo: float = 1e-4, loss: str = "ce", temperature: float = 0.3,
+                  reg_multiplier: float = 10.0, max_weight: Optional[float] = None
+                  ) -> DivaState:
+  """`steps` weight steps whose size the LOO loss chooses (no learning rate to tune).
+
+  The line search of `curation.reweight(line_search=True)`, on the current features.
+
+  Each step is a backtracking (Armijo) line search along -g / max|g|, g the dataset
+  derivative at the current weights: the largest weight change starts at `max_step` and is
+  halved (up to `max_backtracks` times) until L(w_new) <= L(w) + armijo * <g, w_new - w>,
+  with w_new = max(0, w - step * g / max|g|) (and <= max_weight). A step with no acceptable
+  size leaves the weights unchanged, and so do the steps after it. All steps are on the same
+  features: the LOO loss is a function of the weights alone while the network is held.
+
+  Args:
+    state: from `init` or a previous update (its `opt_state` is carried unchanged).
+    features, targets, reg, loss, temperature, reg_multiplier, max_weight: as in `update`.
+    max_step: the largest weight change tried first, > 0 (1: a weight may go from 1 to 0).
+    steps: line-searched steps on these features, an integer >= 1.
+    max_backtracks: halvings tried per step, an integer >= 0.
+    armijo: the sufficient-decrease constant, in [0, 1).
+
+  Returns:
+    The new `DivaState`: `step` counts every step taken; `derivative` and `loo_loss` are the
+    last step's (at the weights it started from). Eager.
+  """
+  _check_shapes(state, features, targets)
+  steps = cc.check_int("steps", steps, 1)
+  if reg is None:
+    reg = features_reg(features, targets, loss=loss, temperature=temperature,
+                       multiplier=reg_multiplier)
+  dtype = state.weights.dtype
+  res = _steps.reweight(state.weights, jnp.asarray(targets, dtype), features=features,
+                        reg=reg, steps=steps, learning_rate=max_step, loss=loss,
+                        temperature=temperature, max_weight=max_weight, line_search=True,
+                        max_backtracks=max_backtracks, armijo=armijo)
+  return DivaState(jnp.asarray(res.weights, dtype), state.opt_state, state.step + steps,
+                   jnp.asarray(res.derivatives[-1], dtype), jnp.asarray(res.losses[-2], dtype))
+
+
+def _check_shapes(state: DivaState, features, targets) -> int:
+  n = state.weights.shape[0]
+  if np.ndim(features) != 2 or np.shape(features)[0] != n:
+    raise ValueError(f"features must have shape [n, d] with n = {n} (the weights), got shape "
+                     f"{np.shape(features)}.")
+  if np.ndim(targets) != 2 or np.shape(targets)[0] != n:
+    raise ValueError(f"targets must have shape [n, c] with n = {n} (the weights), got shape "
+                     f"{np.shape(targets)}.")
+  return n
 
 
 def weighted_mean(per_sample_losses, weights):

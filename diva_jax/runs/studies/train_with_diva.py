@@ -22,11 +22,14 @@ them (data parallel):
   one_shot     the library's default rule on the frozen pooled features (`find_label_issues`)
                once, then training on the kept samples;
   diva         per-sample weights next to the parameters (`diva_jax.curation.training`):
-               every `diva_interval` epochs from `diva_start` on, one projected weight step
-               on the dataset derivative of the exact LOO cross-entropy of a ridge head on
-               the network's *current* penultimate features (reg: `reg_multiplier` x their
-               exact-LOO optimum, chosen at every step or, with diva_reg='first_step', once),
-               then the parameter steps on the weighted loss;
+               every `diva_interval` epochs from `diva_start` on, `diva_inner_steps`
+               projected weight steps on the dataset derivative of the exact LOO
+               cross-entropy of a ridge head on the network's *current* penultimate
+               features (reg: `reg_multiplier` x their exact-LOO optimum, chosen at every
+               step or, with diva_reg='first_step', once), then the parameter steps on the
+               weighted loss. `diva_step='normalized'`: the largest weight change of a step
+               is `diva_lr`; 'line_search': the LOO loss chooses it (backtracking from
+               `diva_lr`, `training.search_update`);
   diva_frozen  the same steps on the penultimate features of the network at initialisation
                (held back from training: the pretrained pooled features for `block:K`);
   diva_both    the same steps on both, concatenated (each block standardised);
@@ -114,7 +117,7 @@ def validate(config) -> None:
   if not methods or bad:
     raise ConfigError(f"methods must be a non-empty subset of {METHODS}, got {methods}.")
   for name, minimum in (("seeds", 1), ("epochs", 1), ("hidden", 1), ("diva_interval", 1),
-                        ("diva_start", 0), ("train_batch_size", 1)):
+                        ("diva_start", 0), ("diva_inner_steps", 1), ("train_batch_size", 1)):
     common.check_int(config, name, minimum)
   for name in ("learning_rate", "backbone_learning_rate", "diva_lr", "gce_q", "temperature"):
     common.check_float(config, name, low=0.0, low_open=True)
@@ -122,6 +125,7 @@ def validate(config) -> None:
     raise ConfigError(f"gce_q must be in (0, 1], got {config.gce_q}.")
   common.check_float(config, "reg_multiplier", low=0.0, low_open=True)
   common.check_choice(config, "diva_reg", ("every_step", "first_step"))
+  common.check_choice(config, "diva_step", ("normalized", "line_search"))
 
 
 # ------------------------------------------------------------------------------------------
@@ -325,8 +329,15 @@ def train_one(config, method, net: Net, train_x, labels, true_labels, flipped, t
       if reg is None or config.diva_reg == "every_step":
         reg = training.features_reg(feats, targets, temperature=float(config.temperature),
                                     multiplier=float(config.reg_multiplier))
-      state = training.update(state, tx, feats, targets, reg=reg, loss="ce",
-                              temperature=float(config.temperature))
+      if config.diva_step == "line_search":
+        state = training.search_update(state, feats, targets, reg=reg,
+                                       max_step=float(config.diva_lr),
+                                       steps=int(config.diva_inner_steps), loss="ce",
+                                       temperature=float(config.temperature))
+      else:
+        for _ in range(int(config.diva_inner_steps)):
+          state = training.update(state, tx, feats, targets, reg=reg, loss="ce",
+                                  temperature=float(config.temperature))
       jax.block_until_ready(state.weights)
       derivative_seconds += time.perf_counter() - t0
     t0 = time.perf_counter()
