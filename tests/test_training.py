@@ -225,21 +225,48 @@ def test_whole_network_trunk_is_efficientnet_on_the_images():
   assert out.shape == (3, 4)
 
 
-def test_binary_trains_from_a_cached_block(tmp_path):
-  # The activations entering block 15 are cached (one file per split); both derivative
-  # variants take weight steps.
+def _free_port() -> int:
+  import socket
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    sock.bind(("127.0.0.1", 0))
+    return sock.getsockname()[1]
+
+
+def test_binary_on_two_processes_trains_from_a_cached_block_like_one_process(tmp_path):
+  # Two processes on loopback (one CPU device each, jax.distributed with gloo collectives):
+  # every batch is split over both processes' devices. The activations entering block 15 are
+  # cached (one file per split), both derivative variants take weight steps, and the results
+  # are those of the same run in this process (its 8 fake devices) on the same cache.
   cache = tmp_path / "c"
-  cmd = [sys.executable, "-m", "experiments.train_with_diva", f"--workdir={tmp_path / 'w'}",
-         "--config=configs/train_with_diva.py", "--config.settings=('digits:96',)",
-         "--config.max_test=64", "--config.image_size=32", "--config.seeds=1",
-         "--config.noise=('uniform:0.3',)", "--config.train_batch_size=32",
-         "--config.trunk=block:15", "--config.epochs=2",
-         "--config.methods=('plain','diva','diva_frozen')", "--config.diva_reg=every_step",
-         f"--config.cache_dir={cache}"]
-  r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-  assert r.returncode == 0, r.stderr[-3000:]
+  flags = ["--config=configs/train_with_diva.py", "--config.settings=('digits:96',)",
+           "--config.max_test=64", "--config.image_size=32", "--config.seeds=1",
+           "--config.noise=('uniform:0.3',)", "--config.train_batch_size=32",
+           "--config.trunk=block:15", "--config.epochs=2",
+           "--config.methods=('plain','diva','diva_frozen')", "--config.diva_reg=every_step",
+           "--config.plots=False", f"--config.cache_dir={cache}"]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env.pop("JAX_ENABLE_X64", None)
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "experiments.train_with_diva", f"--workdir={tmp_path / 'w'}",
+       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"]
+      + flags, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(2)]
+  logs = []
+  for p in procs:
+    try:
+      logs.append(p.communicate(timeout=600)[0])
+    except subprocess.TimeoutExpired:
+      for q in procs:
+        q.kill()
+      pytest.fail("the two-process run did not finish in 600 s")
+  for i, p in enumerate(procs):
+    assert p.returncode == 0, f"process {i}:\n{logs[i][-3000:]}"
+    assert "diva: each batch of 32 split over 2 devices of 2 processes" in logs[i], logs[i]
   rows = json.loads((tmp_path / "w" / "results.json").read_text())
   assert [r_["method"] for r_ in rows] == ["plain", "diva", "diva_frozen"]
+  assert json.loads((tmp_path / "w" / "metrics.json").read_text())["parallelism"][
+      "processes"] == 2
   names = sorted(os.listdir(cache))
   assert "digits-train96-efficientnet_lite0_upto15-32x32.npz" in names
   assert "digits-test64-efficientnet_lite0_upto15-32x32.npz" in names
@@ -248,3 +275,16 @@ def test_binary_trains_from_a_cached_block(tmp_path):
   for m in ("diva", "diva_frozen"):
     assert float(last[m][6]) != 1.0 and float(last[m][7]) != 1.0
   assert float(last["plain"][6]) == 1.0
+  # The same run in this process, over its 8 devices, on the two-process run's cache.
+  config = _tiny_config(settings=("digits:96",), max_test=64, image_size=32, seeds=1,
+                        noise=("uniform:0.3",), train_batch_size=32, trunk="block:15",
+                        epochs=2, methods=("plain", "diva", "diva_frozen"), diva_start=1,
+                        diva_reg="every_step", plots=False, cache_dir=str(cache))
+  train_with_diva.run(config, str(tmp_path / "one"))
+  ref = json.loads((tmp_path / "one" / "results.json").read_text())
+  for a, b in zip(rows, ref):
+    assert a["method"] == b["method"]
+    assert a["test_error"] == pytest.approx(b["test_error"], abs=1e-6)
+    assert a["flagged"] == b["flagged"]
+    assert a["detection_f1"] == (None if b["detection_f1"] is None
+                                 else pytest.approx(b["detection_f1"], abs=1e-9))

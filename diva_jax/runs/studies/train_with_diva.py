@@ -55,6 +55,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
 from diva_jax import models
@@ -140,10 +141,11 @@ class Net(NamedTuple):
 
 def init_head(key, d: int, hidden: int, c: int) -> dict:
   k1, k2 = jax.random.split(key)
-  return {"w1": jax.random.normal(k1, (d, hidden)) * np.sqrt(2.0 / d),
-          "b1": jnp.zeros(hidden),
-          "w2": jax.random.normal(k2, (hidden, c)) * np.sqrt(1.0 / hidden),
-          "b2": jnp.zeros(c)}
+  f32 = jnp.float32
+  return {"w1": jax.random.normal(k1, (d, hidden), f32) * np.sqrt(2.0 / d),
+          "b1": jnp.zeros(hidden, f32),
+          "w2": jax.random.normal(k2, (hidden, c), f32) * np.sqrt(1.0 / hidden),
+          "b2": jnp.zeros(c, f32)}
 
 
 def hidden_features(params, x):
@@ -177,9 +179,9 @@ def efficientnet_net(block: int, c: int, image_size: int) -> Net:
 
   def init(key):
     return {"net": net_params,
-            "fc": {"w": jax.random.normal(key, (efficientnet.HEAD_FEATURES, c))
+            "fc": {"w": jax.random.normal(key, (efficientnet.HEAD_FEATURES, c), jnp.float32)
                         * np.sqrt(1.0 / efficientnet.HEAD_FEATURES),
-                   "b": jnp.zeros(c)}}
+                   "b": jnp.zeros(c, jnp.float32)}}
 
   def apply(p, x):
     if block == 0:
@@ -248,18 +250,25 @@ def _optimizer(config, net: Net, params):
        "backbone": optax.adam(float(config.backbone_learning_rate))}, labels)
 
 
-def _batched(fn, x, size: int = 256):
-  """fn over the rows of x in chunks (bounded memory for convolutional parts)."""
-  outs = [fn(jnp.asarray(x[i:i + size])) for i in range(0, len(x), size)]
-  return [np.concatenate([np.asarray(o[j]) for o in outs]) for j in range(len(outs[0]))]
+def _batched(fn, x, size: int = 256, multiple: int = 1):
+  """fn over the rows of x in chunks (bounded memory for convolutional parts); each chunk
+  padded to a multiple of `multiple` rows (split over that many devices), the padding cut."""
+  outs = []
+  for i in range(0, len(x), size):
+    b = np.asarray(x[i:i + size])
+    pad = -len(b) % multiple
+    b = np.concatenate([b, np.repeat(b[-1:], pad, 0)]) if pad else b
+    outs.append([np.asarray(o)[:len(b) - pad] for o in fn(b)])
+  return [np.concatenate([o[j] for o in outs]) for j in range(len(outs[0]))]
 
 
 def train_one(config, method, net: Net, train_x, labels, true_labels, flipped, test_x,
               test_labels, num_classes, seed, one_shot_keep=None, devices=None) -> dict:
   """Trains the network with one method; per-epoch curves and the final numbers.
 
-  `devices` (default: this process's) split each batch (data parallel, parameters
-  replicated); the batch size is rounded up to a multiple of their number."""
+  `devices` (default: every device of every process) split each batch (data parallel,
+  parameters replicated); the batch size is rounded up to a multiple of their number.
+  Multi-process: every process calls this with the same arguments and gets the same result."""
   n = len(labels)
   rng = np.random.default_rng(seed)
   params = net.init(jax.random.PRNGKey(seed))
@@ -273,16 +282,27 @@ def train_one(config, method, net: Net, train_x, labels, true_labels, flipped, t
   if fixed is not None:
     state = state._replace(weights=jnp.asarray(fixed, jnp.float32))
   q = float(config.gce_q)
-  devices = jax.local_devices() if devices is None else list(devices)
+  devices = jax.devices() if devices is None else list(devices)
   bs = int(config.train_batch_size)
   bs = -(-bs // len(devices)) * len(devices)  # a multiple of the device count
-  put = lambda a: jnp.asarray(a)
-  if len(devices) > 1:  # data parallel: rows over the local devices, parameters replicated
+  logging.info("%s: each batch of %d split over %d devices of %d processes", method, bs,
+               len(devices), len({d.process_index for d in devices}))
+  put = jnp.asarray
+  gather = lambda a: a
+  if len(devices) > 1:
+    # Data parallel over every device of every process: each batch's rows split over them,
+    # parameters replicated. Every process holds the whole dataset and the same weights, so
+    # each device's part is cut from the host arrays; what the host reads back (the step's
+    # features, the predictions) is gathered in the step.
     mesh = sharding.data_mesh(devices)
-    params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
-    opt_state = jax.device_put(opt_state, NamedSharding(mesh, PartitionSpec()))
-    rows = NamedSharding(mesh, PartitionSpec("data"))
-    put = lambda a: jax.device_put(a, rows)
+    rows, everywhere = (NamedSharding(mesh, PartitionSpec("data")),
+                        NamedSharding(mesh, PartitionSpec()))
+    place = lambda spec: lambda a: jax.make_array_from_callback(
+        np.shape(a), spec, lambda idx: np.asarray(a)[idx])
+    put = place(rows)
+    params = jax.tree.map(place(everywhere), params)
+    opt_state = jax.tree.map(place(everywhere), opt_state)
+    gather = lambda a: jax.lax.with_sharding_constraint(a, everywhere)
 
   @jax.jit
   def step(params, opt_state, xb, yb, wb):
@@ -292,10 +312,10 @@ def train_one(config, method, net: Net, train_x, labels, true_labels, flipped, t
       return training.weighted_mean(_loss_from_logp(logp, yb, loss_kind, q), wb), pen
     (loss, pen), grads = jax.value_and_grad(f, has_aux=True)(params)
     updates, opt_state = opt.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, pen
+    return optax.apply_updates(params, updates), opt_state, gather(pen)
 
-  apply = jax.jit(net.apply)
-  penultimate = lambda p, x: _batched(lambda b: apply(p, b), x)
+  apply = jax.jit(lambda p, x: jax.tree.map(gather, net.apply(p, x)))
+  penultimate = lambda p, x: _batched(lambda b: apply(p, put(b)), x, multiple=len(devices))
 
   def batches(order):
     """Fixed-size batches; the last one padded with weight-0 rows (one compiled shape)."""
@@ -403,7 +423,7 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
           name = f"{dataset}_{max_train}-{kind}{rate:g}-seed{seed}-{method}"
           res = wd.stage_json(name, lambda: train_one(
               c, method, net, inputs.train, noisy, train.labels, flipped, inputs.test,
-              test.labels, k, seed, keep), collective=False)
+              test.labels, k, seed, keep))
           rows.append({"dataset": dataset, "noise": f"{kind}:{rate:g}", "seed": seed,
                        "method": method, **{key: v for key, v in res.items()
                                             if key != "curves"}})
