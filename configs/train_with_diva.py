@@ -10,7 +10,9 @@ and their command are in docs/studies.md ("DIVA in the training loop"). Variants
 `:runlocal` (digits, raw pixels, an MLP head, one seed, 20% uniform noise, 8 epochs: a smoke
 run of a few seconds); `:mlp` (a 256-unit MLP head on the frozen pooled features, the first
 comparison's network); `:accelerator` (`block:0`: the whole network from the images at
-224 px, 5 seeds, each batch split over the process's devices: for a GPU or TPU).
+224 px, 5 seeds, each batch split over every device of every process: for GPUs or TPUs;
+several hosts: one process each, with the `--coordinator_address`, `--num_processes` and
+`--process_id` flags).
 """
 
 import ml_collections
@@ -23,17 +25,17 @@ def get_config(arg=None):
   c.settings = ("mnist5k:0", "animal_mnist:3000")   # dataset:max_train (0 = all)
   c.noise = ("uniform:0.2", "uniform:0.4", "pairwise:0.2")
   c.seeds = 3
-  # Also available: "diva_both" (current and initial features), "true_labels" (the ceiling).
-  c.methods = ("plain", "one_shot", "diva", "diva_frozen", "gce", "oracle")
+  # Also available: "diva_both" (current and initial features).
+  c.methods = ("plain", "one_shot", "diva", "diva_frozen", "gce", "oracle", "true_labels")
   c.trunk = "block:16"            # 'mlp' (a head on the pooled features) or 'block:K'
   c.backbone_learning_rate = 1e-4  # Adam, the pretrained layers that are trained
   c.epochs = 12
   c.train_batch_size = 128
   c.learning_rate = 1e-3         # Adam, the new layers' parameters
   c.hidden = 256                 # trunk='mlp': the head's hidden units
-  c.diva_step = "normalized"      # or "line_search": the LOO loss chooses the step size
-  c.diva_lr = 0.3                # largest weight change of a weight step (line_search: the
-                                 # first size tried)
+  c.diva_step = "line_search"    # the LOO loss chooses the step size; or "normalized"
+  c.diva_lr = 1.0                # the largest weight change tried first (normalized: of
+                                 # every step)
   c.diva_inner_steps = 1         # weight steps per derivative update (same features)
   c.diva_interval = 1            # epochs between weight steps
   c.diva_start = 1               # first epoch with a weight step (0: at initialisation)
@@ -54,7 +56,7 @@ def get_config(arg=None):
   c.linearize = "last_layer"
   c.noise_type = "uniform"
   c.noise_rate = 0.2
-  c.seed = 0
+  c.seed = 0                     # the first seed: seeds seed .. seed + seeds - 1
   return apply_variants(c, arg, VARIANTS)
 
 

@@ -15,8 +15,8 @@ The network (`trunk`):
 
 Every method trains the same network with Adam (`learning_rate` for new layers,
 `backbone_learning_rate` for pretrained ones) for `epochs` epochs of `train_batch_size`, from
-the same initialisation and sample order; with several local devices each batch is split over
-them (data parallel):
+the same initialisation and sample order; with several devices (of one process or of several:
+jax.distributed) each batch is split over all of them (data parallel):
 
   plain        the noisy labels, every sample weight 1;
   one_shot     the library's default rule on the frozen pooled features (`find_label_issues`)
@@ -411,7 +411,7 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
     inputs = trunk_inputs(c, train, test, c.cache_dir, sub)
     net = make_net(c, inputs, k)
     for kind, rate in parse_noise(config.noise):
-      for seed in range(int(config.seeds)):
+      for seed in range(int(config.seed), int(config.seed) + int(config.seeds)):
         c.noise_type, c.noise_rate, c.seed = kind, rate, seed
         noisy, flipped = common.noisy_labels(c, train.labels, k)
         keep = None
