@@ -13,7 +13,6 @@ short; the code paths are the full job's.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,17 +20,13 @@ import time
 import numpy as np
 import pytest
 
+import loopback
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "outlier_rejection.py") + ":runlocal"
 SMALL = ["--config.max_train=240", "--config.max_test=90", "--config.cv_logistic=False",
          "--config.plots=False"]
 _TIMEOUT_S = 300
-
-
-def _free_port() -> int:
-  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def _env(devices: int = 1):
@@ -44,11 +39,10 @@ def _env(devices: int = 1):
 
 def _start(module, args, nproc=1, devices=1):
   """Starts `nproc` processes of `python -m module args` (a jax.distributed job if > 1)."""
-  port = _free_port()
+  port = loopback.free_port()
   procs = []
   for i in range(nproc):
-    dist = ([f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={nproc}",
-             f"--process_id={i}"] if nproc > 1 else [])
+    dist = loopback.distributed_flags(port, nproc, i) if nproc > 1 else []
     procs.append(subprocess.Popen(
         [sys.executable, "-m", module] + dist + args, cwd=REPO, env=_env(devices),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
@@ -56,20 +50,7 @@ def _start(module, args, nproc=1, devices=1):
 
 
 def _wait(procs, timeout=_TIMEOUT_S):
-  logs = []
-  try:
-    for p in procs:
-      out, _ = p.communicate(timeout=timeout)
-      logs.append(out)
-  except subprocess.TimeoutExpired:
-    for p in procs:
-      p.kill()
-      p.communicate()
-    pytest.fail(f"the run did not finish in {timeout} s")
-  for i, (p, log) in enumerate(zip(procs, logs)):
-    assert p.returncode == 0, f"process {i} failed:\n{log[-5000:]}"
-    assert p.poll() is not None  # no leftover process
-  return logs
+  return loopback.wait(procs, timeout)
 
 
 def _run(workdir, *extra, nproc=1, devices=1, module="experiments.outlier_rejection"):

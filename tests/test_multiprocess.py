@@ -1,12 +1,12 @@
 """A real multi-process run: 2 processes x 2 CPU devices on loopback (gloo)."""
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
-import pytest
+
+import loopback
 
 _WORKER = os.path.join(os.path.dirname(__file__), "multiprocess_gram_worker.py")
 _TIMEOUT_S = 120
@@ -21,16 +21,10 @@ def _load_worker():
   return module
 
 
-def _free_port() -> int:
-  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def test_two_process_sharded_gram_equals_single_process(tmp_path):
   worker = _load_worker()
   out = tmp_path / "gram.npz"
-  port = _free_port()
+  port = loopback.free_port()
   env = dict(os.environ)
   env.pop("XLA_FLAGS", None)  # the worker sets its own device count
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,17 +35,7 @@ def test_two_process_sharded_gram_equals_single_process(tmp_path):
           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
       for i in range(2)
   ]
-  logs = []
-  try:
-    for p in procs:
-      stdout, _ = p.communicate(timeout=_TIMEOUT_S)
-      logs.append(stdout)
-  except subprocess.TimeoutExpired:
-    for p in procs:
-      p.kill()
-    pytest.fail(f"multi-process run did not finish in {_TIMEOUT_S} s")
-  for i, (p, log) in enumerate(zip(procs, logs)):
-    assert p.returncode == 0, f"process {i} failed:\n{log[-4000:]}"
+  loopback.wait(procs, _TIMEOUT_S, tail=4000)
   res = np.load(out)
   assert int(res["devices"]) == 4
   z, a, y = worker.problem()

@@ -13,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 
+import loopback
 from diva_jax.curation import training
 from diva_jax.runs.studies import train_with_diva
 
@@ -225,13 +226,6 @@ def test_whole_network_trunk_is_efficientnet_on_the_images():
   assert out.shape == (3, 4)
 
 
-def _free_port() -> int:
-  import socket
-  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-    sock.bind(("127.0.0.1", 0))
-    return sock.getsockname()[1]
-
-
 def test_binary_on_two_processes_trains_from_a_cached_block_like_one_process(tmp_path):
   # Two processes on loopback (one CPU device each, jax.distributed with gloo collectives):
   # every batch is split over both processes' devices. The activations entering block 15 are
@@ -246,23 +240,13 @@ def test_binary_on_two_processes_trains_from_a_cached_block_like_one_process(tmp
            "--config.plots=False", f"--config.cache_dir={cache}"]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   env.pop("JAX_ENABLE_X64", None)
-  port = _free_port()
+  port = loopback.free_port()
   procs = [subprocess.Popen(
-      [sys.executable, "-m", "experiments.train_with_diva", f"--workdir={tmp_path / 'w'}",
-       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"]
-      + flags, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-      for i in range(2)]
-  logs = []
-  for p in procs:
-    try:
-      logs.append(p.communicate(timeout=600)[0])
-    except subprocess.TimeoutExpired:
-      for q in procs:
-        q.kill()
-      pytest.fail("the two-process run did not finish in 600 s")
-  for i, p in enumerate(procs):
-    assert p.returncode == 0, f"process {i}:\n{logs[i][-3000:]}"
-    assert "diva: each batch of 32 split over 2 devices of 2 processes" in logs[i], logs[i]
+      [sys.executable, "-m", "experiments.train_with_diva", f"--workdir={tmp_path / 'w'}"]
+      + loopback.distributed_flags(port, 2, i) + flags, cwd=REPO, env=env,
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  for log in loopback.wait(procs, timeout=600):
+    assert "diva: each batch of 32 split over 2 devices of 2 processes" in log, log
   rows = json.loads((tmp_path / "w" / "results.json").read_text())
   assert [r_["method"] for r_ in rows] == ["plain", "diva", "diva_frozen"]
   assert json.loads((tmp_path / "w" / "metrics.json").read_text())["parallelism"][

@@ -162,7 +162,7 @@ def search_update(state: DivaState, features, targets, *, reg: Optional[float] =
                    jnp.asarray(res.derivatives[-1], dtype), jnp.asarray(res.losses[-2], dtype))
 
 
-def _check_shapes(state: DivaState, features, targets) -> int:
+def _check_shapes(state: DivaState, features, targets) -> None:
   n = state.weights.shape[0]
   if np.ndim(features) != 2 or np.shape(features)[0] != n:
     raise ValueError(f"features must have shape [n, d] with n = {n} (the weights), got shape "
@@ -170,7 +170,6 @@ def _check_shapes(state: DivaState, features, targets) -> int:
   if np.ndim(targets) != 2 or np.shape(targets)[0] != n:
     raise ValueError(f"targets must have shape [n, c] with n = {n} (the weights), got shape "
                      f"{np.shape(targets)}.")
-  return n
 
 
 def weighted_mean(per_sample_losses, weights):
