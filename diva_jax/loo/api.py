@@ -45,36 +45,36 @@ __all__ = [
 LOSSES = cf.LOSSES
 
 
-def _value(args, form, loss, backend):
+def _value(args, form, loss, backend, outer):
   return _backend.value_and_grad_traced(*args, form=form, loss=loss, with_grad=False,
-                                        backend=backend)[0]
+                                        backend=backend, outer=outer)[0]
 
 
-def _value_and_grad(args, form, loss, backend):
+def _value_and_grad(args, form, loss, backend, outer):
   return _backend.value_and_grad_traced(*args, form=form, loss=loss, with_grad=True,
-                                        backend=backend)
+                                        backend=backend, outer=outer)
 
 
 # loo_loss with the explicit gradient behind jax.grad: weights get the closed-form
 # cotangent; the other inputs, when they are differentiated at all (symbolic zeros tell),
 # get theirs from autodiff through the reference closed form. Forward mode is not defined.
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
-def _loo_loss_cvjp(weights, targets, x, reg, mask, temperature, form, loss, backend):
-  return _value((weights, targets, x, reg, mask, temperature), form, loss, backend)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
+def _loo_loss_cvjp(weights, targets, x, reg, mask, temperature, form, loss, backend, outer):
+  return _value((weights, targets, x, reg, mask, temperature), form, loss, backend, outer)
 
 
-def _cvjp_fwd(weights, targets, x, reg, mask, temperature, form, loss, backend):
+def _cvjp_fwd(weights, targets, x, reg, mask, temperature, form, loss, backend, outer):
   args = (weights, targets, x, reg, mask, temperature)
   vals = tuple(p.value for p in args)
   perturbed = tuple(p.perturbed for p in args)
   if perturbed[0]:
-    value, grad_w = _value_and_grad(vals, form, loss, backend)
+    value, grad_w = _value_and_grad(vals, form, loss, backend, outer)
   else:
-    value, grad_w = _value(vals, form, loss, backend), None
+    value, grad_w = _value(vals, form, loss, backend, outer), None
   return value, (vals, perturbed, grad_w)
 
 
-def _cvjp_bwd(form, loss, backend, res, ct):
+def _cvjp_bwd(form, loss, backend, outer, res, ct):
   del backend
   vals, perturbed, grad_w = res
   if isinstance(ct, jax.custom_derivatives.SymbolicZero):
@@ -93,7 +93,7 @@ def _cvjp_bwd(form, loss, backend, res, ct):
       full = [cast(v) for v in vals]
       for i, xi in zip(others, xs):
         full[i] = xi
-      return cf.loo_loss_impl(*full, form, loss)
+      return cf.loo_loss_impl(*full, form, loss, outer)
     _, vjp = jax.vjp(f, *(cast(vals[i]) for i in others))
     for i, c in zip(others, vjp(cast(ct))):
       out[i] = c.astype(vals[i].dtype)
@@ -102,11 +102,11 @@ def _cvjp_bwd(form, loss, backend, res, ct):
 
 _loo_loss_cvjp.defvjp(_cvjp_fwd, _cvjp_bwd, symbolic_zeros=True)
 
-_STATIC = ("form", "loss", "backend")
+_STATIC = ("form", "loss", "backend", "outer")
 _loo_loss_jit = jax.jit(_loo_loss_cvjp, static_argnames=_STATIC)
 _loo_value_and_grad_jit = jax.jit(
-    lambda w, y, x, r, m, t, form, loss, backend: LooResult(
-        *_value_and_grad((w, y, x, r, m, t), form, loss, backend)),
+    lambda w, y, x, r, m, t, form, loss, backend, outer: LooResult(
+        *_value_and_grad((w, y, x, r, m, t), form, loss, backend, outer)),
     static_argnames=_STATIC)
 
 
@@ -115,10 +115,13 @@ _loo_predictions_jit = jax.jit(_backend.in_float64(cf.loo_predictions_impl),
                                static_argnames=("form",))
 
 
-def _validate(weights, targets, features, kernel, reg, eval_mask, loss, temperature) -> int:
+def _validate(weights, targets, features, kernel, reg, eval_mask, loss, temperature,
+              outer="mean") -> int:
   """The boundary checks of every LOO function; returns n."""
   _checks.check_loss_args(loss, temperature, targets)
-  return _checks.check_ridge_inputs(weights, targets, features, kernel, reg, eval_mask)
+  n = _checks.check_ridge_inputs(weights, targets, features, kernel, reg, eval_mask)
+  _checks.check_outer(outer, weights, eval_mask)
+  return n
 
 
 def _form(features, kernel, n: int) -> str:
@@ -178,10 +181,10 @@ def loo_predictions(weights: jax.Array, targets: jax.Array, *,
 
 
 def _loss_call(weights, targets, features, kernel, reg, eval_mask, loss, temperature,
-               with_grad, backend):
+               with_grad, backend, outer):
   """Validates, then the host backend on concrete CPU inputs, or the jitted path."""
   _backend.check_backend(backend)
-  n = _validate(weights, targets, features, kernel, reg, eval_mask, loss, temperature)
+  n = _validate(weights, targets, features, kernel, reg, eval_mask, loss, temperature, outer)
   what = "dataset derivative" if with_grad else "leave-one-out loss"
   x = features if features is not None else kernel
   raw = (weights, targets, x, reg, eval_mask, temperature)
@@ -192,14 +195,16 @@ def _loss_call(weights, targets, features, kernel, reg, eval_mask, loss, tempera
     # first (0.3-0.5 s per 200 MB here).
     mask = np.ones(n) if eval_mask is None else eval_mask
     value, grad = _backend.value_and_grad_eager(weights, targets, x, reg, mask, temperature,
-                                                _form(features, kernel, n), loss, with_grad)
+                                                _form(features, kernel, n), loss, with_grad,
+                                                outer)
     out = LooResult(jnp.asarray(value), jnp.asarray(grad)) if with_grad else jnp.asarray(value)
     return _checks.raise_if_nonfinite(out, reg, what)
   args, form = prepare(weights, targets, features, kernel, reg, eval_mask, loss, temperature,
                        checked=True)
   jitted = _loo_value_and_grad_jit if with_grad else _loo_loss_jit
   # Eager calls trace under x64: float32 results are guarded by float64 recomputation.
-  out = _backend.call_eager_x64(jitted, args, form=form, loss=loss, backend=backend)
+  out = _backend.call_eager_x64(jitted, args, form=form, loss=loss, backend=backend,
+                                outer=outer)
   return _checks.raise_if_nonfinite(out, reg, what)
 
 
@@ -210,11 +215,16 @@ def loo_loss(weights: jax.Array, targets: jax.Array, *,
              loss: str = "mse",
              eval_mask: Optional[jax.Array] = None,
              temperature: float | jax.Array = 1.0,
-             backend: str = "auto") -> jax.Array:
+             backend: str = "auto",
+             outer: str = "mean") -> jax.Array:
   """Mean leave-one-out loss over the evaluated samples.
 
-  L(a) = sum_i m_i loss(f_loo_i, y_i) / sum_i m_i, with m = eval_mask (default all). The
-  weights act only inside the fit; the outer mean is unweighted.
+  L(a) = sum_i m_i loss(f_loo_i, y_i) / sum_i m_i, with m = eval_mask (default all): the
+  weights act only inside the fit (`outer="mean"`, the paper's definition). With
+  `outer="weighted"` the outer mean is weighted too, L(a) = sum_i a_i m_i l_i / sum_i a_i m_i:
+  the same value at a = 1, and a derivative that adds each sample's own term
+  m_k (l_k - L) / sum_i a_i m_i (a sample whose own LOO loss is high hurts), which is what
+  makes detection hold on binary and low-dimensional data (docs/math.md).
 
   `jax.grad` of this function with respect to `weights` uses the explicit closed-form
   gradient (a custom VJP): about the cost of a few Gram products, not of autodiff through
@@ -229,12 +239,14 @@ def loo_loss(weights: jax.Array, targets: jax.Array, *,
       in dataset extension, so pool samples cannot vote for themselves).
     temperature: softmax temperature > 0 for "ce" (ignored for "mse").
     backend: "auto", "host" or "xla" (`diva_jax.loo.backends.dispatch`).
+    outer: "mean" (default; the paper's L) or "weighted" (the outer mean weighted by the
+      sample weights; needs sum_i a_i m_i > 0).
 
   Returns:
     Scalar LOO loss.
   """
   return _loss_call(weights, targets, features, kernel, reg, eval_mask, loss, temperature,
-                    False, backend)
+                    False, backend, outer)
 
 
 def loo_loss_and_derivative(weights: jax.Array, targets: jax.Array, *,
@@ -244,7 +256,8 @@ def loo_loss_and_derivative(weights: jax.Array, targets: jax.Array, *,
                             loss: str = "mse",
                             eval_mask: Optional[jax.Array] = None,
                             temperature: float | jax.Array = 1.0,
-                            backend: str = "auto") -> LooResult:
+                            backend: str = "auto",
+                            outer: str = "mean") -> LooResult:
   """`LooResult(value, derivative)` from one factorisation. Arguments as in `loo_loss`.
 
   Called with concrete arrays on the CPU backend (not under a trace), it runs the host
@@ -252,7 +265,7 @@ def loo_loss_and_derivative(weights: jax.Array, targets: jax.Array, *,
   and TPU, the same maths runs compiled (a host callback on CPU).
   """
   return _loss_call(weights, targets, features, kernel, reg, eval_mask, loss, temperature,
-                    True, backend)
+                    True, backend, outer)
 
 
 def dataset_derivative(weights: jax.Array, targets: jax.Array, *,
@@ -262,7 +275,8 @@ def dataset_derivative(weights: jax.Array, targets: jax.Array, *,
                        loss: str = "mse",
                        eval_mask: Optional[jax.Array] = None,
                        temperature: float | jax.Array = 1.0,
-                       backend: str = "auto") -> jax.Array:
+                       backend: str = "auto",
+                       outer: str = "mean") -> jax.Array:
   """The dataset derivative dL_loo / d weights  [n].
 
   Positive entries are samples whose down-weighting lowers the LOO error (they hurt);
@@ -271,4 +285,4 @@ def dataset_derivative(weights: jax.Array, targets: jax.Array, *,
   """
   return loo_loss_and_derivative(
       weights, targets, features=features, kernel=kernel, reg=reg, loss=loss,
-      eval_mask=eval_mask, temperature=temperature, backend=backend).derivative
+      eval_mask=eval_mask, temperature=temperature, backend=backend, outer=outer).derivative

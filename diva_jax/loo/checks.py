@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diva_jax.loo import closed_form as cf
+
 __all__ = [
     "is_concrete",
     "check_finite",
@@ -21,6 +23,7 @@ __all__ = [
     "check_reg",
     "check_dtype",
     "check_loss_args",
+    "check_outer",
     "float_dtype",
     "raise_if_nonfinite",
 ]
@@ -200,6 +203,20 @@ def check_ridge_inputs(weights, targets, features, kernel, reg, eval_mask=None) 
           "asymmetry is round-off.")
     _check_psd_necessary(k)
   return n
+
+
+def check_outer(outer, weights=None, eval_mask=None) -> None:
+  """`outer` is one of `closed_form.OUTERS`; for "weighted", the evaluated samples' concrete
+  weights must not all be 0 (the weighted outer mean would divide by 0)."""
+  cf.check_outer(outer)
+  if outer != "weighted" or weights is None or not is_concrete(weights) or (
+      eval_mask is not None and not is_concrete(eval_mask)):
+    return
+  w = np.asarray(weights, np.float64)
+  m = np.ones_like(w) if eval_mask is None else np.asarray(eval_mask, np.float64)
+  if not np.sum(w * m) > 0:
+    raise ValueError("outer='weighted' needs sum_i weights_i * eval_mask_i > 0, got 0: every "
+                     "evaluated sample has weight 0.")
 
 
 def _check_psd_necessary(k) -> None:

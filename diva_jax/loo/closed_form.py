@@ -36,10 +36,16 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
-__all__ = ["LOSSES", "F32_TOL", "reference_loo_loss", "loss_and_grad", "sample_terms", "gradient",
+__all__ = ["LOSSES", "OUTERS", "F32_TOL", "reference_loo_loss", "loss_and_grad", "sample_terms", "gradient",
            "value_and_grad_tail"]
 
 LOSSES = ("mse", "ce")
+
+# The outer mean of the LOO loss. "mean": L(a) = sum_i m_i l_i(a) / sum_i m_i (the paper's
+# definition: the weights act only inside the fit). "weighted": L(a) = sum_i a_i m_i l_i(a) /
+# sum_i a_i m_i, whose derivative adds the sample's own term m_k (l_k - L) / sum_i a_i m_i
+# (docs/math.md, "The weighted outer mean"). At a = 1 both values are equal.
+OUTERS = ("mean", "weighted")
 
 # Largest accepted eps32 * kappa / min(1 - h) for a float32 primal result (about 3 digits kept
 # in the leverages' complements; tested against float64 over select_reg's grid). Every
@@ -102,6 +108,22 @@ def mean_loss(loss, preds, targets, mask, temperature):
   return jnp.sum(mask * per_sample_loss(loss, preds, targets, temperature)) / jnp.sum(mask)
 
 
+def check_outer(outer) -> None:
+  if outer not in OUTERS:
+    raise ValueError(f"outer must be one of {OUTERS}, got {outer!r}.")
+
+
+def outer_mask(weights, mask, outer: str):
+  """The weights of the outer mean: the eval mask ("mean"), or weights * mask ("weighted")."""
+  check_outer(outer)
+  return mask * weights if outer == "weighted" else mask
+
+
+def self_term(mask, per, value, denom):
+  """The weighted outer mean's own-sample term of dL/da_k: m_k (l_k - L) / sum_i a_i m_i."""
+  return mask * (per - value) / denom
+
+
 def loss_and_grad(xp, loss: str, preds, targets, temperature):
   """Per-sample loss [n] and its gradient in the prediction [n, c]; xp = numpy or jnp."""
   if loss == "mse":
@@ -122,16 +144,18 @@ def loss_and_grad(xp, loss: str, preds, targets, temperature):
 
 def sample_terms(xp, err, one_minus_h, targets, mask, denom, temperature, loss: str,
                  with_grad: bool = True):
-  """(value part, G~ [n, c], u [n]) from the LOO errors e = f_loo - y of some samples.
+  """(value part, G~ [n, c], u [n], per-sample losses [n]) from the LOO errors e = f_loo - y
+  of some samples.
 
-  `denom` is the number of evaluated samples of the whole set (so block parts add up).
+  `mask` holds the outer mean's weights (`outer_mask`); `denom` is their sum over the whole
+  set (so block parts add up).
   """
   per, g = loss_and_grad(xp, loss, targets + err, targets, temperature)
   value = xp.sum(mask * per) / denom
   if not with_grad:
-    return value, None, None
+    return value, None, None, per
   g = g * (mask / denom)[:, None]
-  return value, g / one_minus_h[:, None], xp.sum(g * err, axis=1) / one_minus_h
+  return value, g / one_minus_h[:, None], xp.sum(g * err, axis=1) / one_minus_h, per
 
 
 def gradient(xp, resid, s_g_tilde, u, s_diag, s_sq_au):
@@ -142,20 +166,26 @@ def gradient(xp, resid, s_g_tilde, u, s_diag, s_sq_au):
 def value_and_grad_tail(xp, fitted, one_minus_h, s_diag, weights, targets, mask,
                         temperature, loss: str, with_grad: bool,
                         apply_s: Optional[Callable] = None,
-                        apply_s_sq: Optional[Callable] = None, err=None):
+                        apply_s_sq: Optional[Callable] = None, err=None,
+                        outer: str = "mean"):
   """(L_loo, dL/da or None) from the hat-matrix quantities of any form and backend.
 
   apply_s(v) = S v [n, c] and apply_s_sq(w) = sum_i w_i S_ik^2 [n]; `err` (f_loo - y), when
-  the caller has a more accurate one, replaces (Yhat - y) / (1 - h).
+  the caller has a more accurate one, replaces (Yhat - y) / (1 - h). `outer`: "mean" or
+  "weighted" (`OUTERS`).
   """
   if err is None:
     err = (fitted - targets) / one_minus_h[:, None]
-  value, g_tilde, u = sample_terms(xp, err, one_minus_h, targets, mask, xp.sum(mask),
-                                   temperature, loss, with_grad)
+  m_out = outer_mask(weights, mask, outer)
+  denom = xp.sum(m_out)
+  value, g_tilde, u, per = sample_terms(xp, err, one_minus_h, targets, m_out, denom,
+                                        temperature, loss, with_grad)
   if not with_grad:
     return value, None
-  return value, gradient(xp, targets - fitted, apply_s(g_tilde), u, s_diag,
-                         apply_s_sq(weights * u))
+  grad = gradient(xp, targets - fitted, apply_s(g_tilde), u, s_diag, apply_s_sq(weights * u))
+  if outer == "weighted":
+    grad = grad + self_term(mask, per, value, denom)
+  return value, grad
 
 
 # ----------------------------------------------------------------------------------------
@@ -196,16 +226,17 @@ def loo_predictions_impl(weights, targets, x, reg, form):
   return (fitted - h[:, None] * targets) / (1.0 - h)[:, None]
 
 
-def loo_loss_impl(weights, targets, x, reg, mask, temperature, form, loss):
+def loo_loss_impl(weights, targets, x, reg, mask, temperature, form, loss, outer="mean"):
   preds = loo_predictions_impl(weights, targets, x, reg, form)
-  return mean_loss(loss, preds, targets, mask, temperature)
+  return mean_loss(loss, preds, targets, outer_mask(weights, mask, outer), temperature)
 
 
 def reference_loo_loss(weights, targets, *, features=None, kernel=None, reg, loss="mse",
-                       eval_mask=None, temperature=1.0):
+                       eval_mask=None, temperature=1.0, outer="mean"):
   """The LOO loss by the plain closed form: pure jnp, differentiable in every input by
   autodiff, no validation and no fast path. An oracle for tests and the `jax.grad`
-  contender of the benchmarks; use `diva_jax.loo_loss` otherwise.
+  contender of the benchmarks; use `diva_jax.loo_loss` otherwise. `outer="weighted"`
+  weights the outer mean by the sample weights (autodiff then gives the own-sample term).
 
   Form: primal for features [n, d] with d <= n, the dual through K = Z Z^T for d > n, the
   dual for kernel [n, n].
@@ -216,4 +247,4 @@ def reference_loo_loss(weights, targets, *, features=None, kernel=None, reg, los
   n = jnp.shape(weights)[0]
   form = "dual" if kernel is not None else ("gram_dual" if jnp.shape(x)[1] > n else "primal")
   mask = jnp.ones((n,), jnp.result_type(x)) if eval_mask is None else eval_mask
-  return loo_loss_impl(weights, targets, x, reg, mask, temperature, form, loss)
+  return loo_loss_impl(weights, targets, x, reg, mask, temperature, form, loss, outer)

@@ -188,7 +188,7 @@ def load_npz_bytes(data: bytes) -> dict:
 
 def sharded_loo_loss_and_derivative(weights: np.ndarray, targets: np.ndarray,
                                     features: np.ndarray, *, reg: float, loss: str = "mse",
-                                    temperature: float = 1.0):
+                                    temperature: float = 1.0, outer: str = "mean"):
   """``diva_jax.loo_loss_and_derivative`` over the devices of every process.
 
   The rows (identical on every process) are padded with zero-weight rows to a multiple of
@@ -197,18 +197,19 @@ def sharded_loo_loss_and_derivative(weights: np.ndarray, targets: np.ndarray,
   primal form's Gram products into per-device partial sums and one all-reduce, so only
   ``[d, d]``-, ``[d, c]``- and ``[n]``-sized values cross devices and hosts. Padding rows
   are left out of the loss (``eval_mask``) and of the result. With one device this is the
-  in-memory host path.
+  in-memory host path. ``outer``: "mean" or "weighted", as in ``diva_jax.loo_loss``.
 
   Returns:
     ``LooResult(value, derivative [n])`` of jax arrays (process-local copies), the same on
     every process.
   """
   # The public boundary: checked on the host rows, before anything is placed.
-  _loo._validate(weights, targets, features, None, reg, None, loss, temperature)  # pylint: disable=protected-access
+  _loo._validate(weights, targets, features, None, reg, None, loss, temperature, outer)  # pylint: disable=protected-access
   devs = devices()
   if len(devs) == 1:
     value, deriv = _loo.loo_loss_and_derivative(
-        weights, targets, features=features, reg=reg, loss=loss, temperature=temperature)
+        weights, targets, features=features, reg=reg, loss=loss, temperature=temperature,
+        outer=outer)
     return LooResult(value, deriv)
   n = int(np.shape(features)[0])
   pad = (-n) % len(devs)
@@ -225,7 +226,7 @@ def sharded_loo_loss_and_derivative(weights: np.ndarray, targets: np.ndarray,
   targets_ = targets = np.asarray(targets)
   value, deriv = _loo.loo_loss_and_derivative(
       place(weights), place(targets), features=place(features), reg=reg, loss=loss,
-      temperature=temperature, eval_mask=place(mask), backend="xla")
+      temperature=temperature, eval_mask=place(mask), backend="xla", outer=outer)
   if process_count() > 1:
     deriv = multihost_utils.process_allgather(deriv, tiled=True)
   value, deriv = np.asarray(value), np.asarray(deriv)[:n]

@@ -64,21 +64,23 @@ def _host_fn(form):
   return lambda *a, **k: _host.dual_value_and_grad(*a, **k, gram=form == "gram_dual")
 
 
-def value_and_grad_eager(weights, targets, x, reg, mask, temperature, form, loss, with_grad):
+def value_and_grad_eager(weights, targets, x, reg, mask, temperature, form, loss, with_grad,
+                         outer="mean"):
   """The host backend on concrete arrays (NumPy views, no copies where the dtype matches)."""
   dtype = np.dtype(x.dtype) if hasattr(x, "dtype") else np.result_type(x)
   cast = lambda a: np.asarray(a, dtype)
   value, grad = _host_fn(form)(cast(weights), cast(targets), cast(x), dtype.type(reg),
                                cast(mask), dtype.type(temperature), loss=loss,
-                               with_grad=with_grad)
+                               with_grad=with_grad, outer=outer)
   return value, grad
 
 
 def value_and_grad_traced(weights, targets, x, reg, mask, temperature, form, loss, with_grad,
-                          backend="auto"):
+                          backend="auto", outer="mean"):
   """Under a trace: the XLA backend, or the host one as a callback ("auto": on CPU only)."""
   args = (weights, targets, x, reg, mask, temperature)
-  xla = lambda *a: _xla.value_and_grad(*a, form=form, loss=loss, with_grad=with_grad)
+  xla = lambda *a: _xla.value_and_grad(*a, form=form, loss=loss, with_grad=with_grad,
+                                       outer=outer)
   if backend == "xla":
     return xla(*args)
   dtype = x.dtype
@@ -86,7 +88,8 @@ def value_and_grad_traced(weights, targets, x, reg, mask, temperature, form, los
             jax.ShapeDtypeStruct(weights.shape, dtype) if with_grad else None)
 
   def host(*a):
-    value, grad = _host_fn(form)(*(np.asarray(v) for v in a), loss=loss, with_grad=with_grad)
+    value, grad = _host_fn(form)(*(np.asarray(v) for v in a), loss=loss, with_grad=with_grad,
+                                 outer=outer)
     return (value, grad) if with_grad else (value, None)
 
   cpu = lambda *a: jax.pure_callback(host, shapes, *a, vmap_method="sequential")

@@ -181,7 +181,7 @@ def primal_factor(weights, features, reg):
 
 
 def primal_value_and_grad(weights, targets, features, reg, mask, temperature, loss: str,
-                          with_grad: bool):
+                          with_grad: bool, outer: str = "mean"):
   """(value, gradient [n] or None) of the primal form, in the features' dtype.
 
   ~4 n d^2 flops for value and gradient, all in symmetric or triangular BLAS: Z^T A Z
@@ -198,7 +198,8 @@ def primal_value_and_grad(weights, targets, features, reg, mask, temperature, lo
   def promoted():
     f64 = lambda a: np.asarray(a, np.float64)
     value, grad = primal_value_and_grad(f64(weights), f64(targets), f64(z), float(reg),
-                                        f64(mask), float(temperature), loss, with_grad)
+                                        f64(mask), float(temperature), loss, with_grad,
+                                        outer)
     return value.astype(dtype), (None if grad is None else grad.astype(dtype))
 
   with np.errstate(all="ignore"):  # a failed factorisation surfaces as NaN, checked later
@@ -219,12 +220,12 @@ def primal_value_and_grad(weights, targets, features, reg, mask, temperature, lo
     value, grad = cf.value_and_grad_tail(
         np, fitted, one_minus_h, s_diag, weights, targets, mask, temperature, loss, with_grad,
         apply_s=lambda v: mm_c(bt.T, mm(bt, v)),
-        apply_s_sq=lambda w: quadratic_forms_t(bt, signed_gram_upper_t(bt, w)))
+        apply_s_sq=lambda w: quadratic_forms_t(bt, signed_gram_upper_t(bt, w)), outer=outer)
   return np.asarray(value, dtype), (None if grad is None else np.asarray(grad, dtype))
 
 
 def dual_value_and_grad(weights, targets, kernel, reg, mask, temperature, loss: str,
-                        with_grad: bool, gram: bool = False):
+                        with_grad: bool, gram: bool = False, outer: str = "mean"):
   """(value, gradient [n] or None) of the dual form, weights >= 0, computed in float64.
 
   `kernel` is K [n, n], or the features Z [n, d] when `gram` (K = Z Z^T by ?syrk). With
@@ -256,7 +257,7 @@ def dual_value_and_grad(weights, targets, kernel, reg, mask, temperature, loss: 
       beta = sa[:, None] * mm(linv.T, mm(linv, sa[:, None] * targets))
       value, grad = cf.value_and_grad_tail(
           np, mm_c(kernel, beta), reg * np.sum(linv * linv, axis=0), None, weights, targets,
-          mask, temperature, loss, False)
+          mask, temperature, loss, False, outer=outer)
     else:
       v = _sblas.dtrsm(1.0, chol, sa[:, None] * kernel, side=0, lower=1)  # L^-1 A^1/2 K
       s = kernel - _syrk(v)
@@ -265,5 +266,5 @@ def dual_value_and_grad(weights, targets, kernel, reg, mask, temperature, loss: 
       value, grad = cf.value_and_grad_tail(
           np, mm_c(s, weights[:, None] * targets), 1.0 - weights * s_diag, s_diag, weights,
           targets, mask, temperature, loss, True, apply_s=lambda g: mm_c(s, g),
-          apply_s_sq=lambda w: mm(s * s, w[:, None])[:, 0])
+          apply_s_sq=lambda w: mm(s * s, w[:, None])[:, 0], outer=outer)
   return np.asarray(value, out_dtype), (None if grad is None else np.asarray(grad, out_dtype))

@@ -30,7 +30,7 @@ def _x64() -> bool:
   return bool(jax.config.jax_enable_x64)
 
 
-def _primal(weights, targets, x, reg, mask, temperature, loss, with_grad):
+def _primal(weights, targets, x, reg, mask, temperature, loss, with_grad, outer):
   """(value, grad or None, accuracy bound) of the primal form."""
   d = x.shape[1]
   w_pos = jnp.maximum(weights, 0.0)
@@ -44,12 +44,13 @@ def _primal(weights, targets, x, reg, mask, temperature, loss, with_grad):
   one_minus_h = 1.0 - weights * s_diag
   apply_s_sq = lambda w: jnp.sum(cf.dot(b, cf.dot((b * w[:, None]).T, b)) * b, axis=1)
   value, grad = cf.value_and_grad_tail(jnp, fitted, one_minus_h, s_diag, weights, targets,
-                                       mask, temperature, loss, with_grad, apply_s, apply_s_sq)
+                                       mask, temperature, loss, with_grad, apply_s, apply_s_sq,
+                                       outer=outer)
   return value, grad, cf.f32_bound(jnp, cf.chol_kappa(jnp, jnp.diagonal(chol)), w_pos,
                                     one_minus_h)
 
 
-def _dual(weights, targets, x, reg, mask, temperature, loss, with_grad, form):
+def _dual(weights, targets, x, reg, mask, temperature, loss, with_grad, form, outer):
   kernel = cf.as_kernel(x, form)
   n = kernel.shape[0]
 
@@ -70,7 +71,7 @@ def _dual(weights, targets, x, reg, mask, temperature, loss, with_grad, form):
   one_minus_h = 1.0 - weights * s_diag
   value, grad = cf.value_and_grad_tail(
       jnp, fitted, one_minus_h, s_diag, weights, targets, mask, temperature, loss, with_grad,
-      apply_s, lambda w: cf.dot(s * s, w))
+      apply_s, lambda w: cf.dot(s * s, w), outer=outer)
   min_omh = jnp.min(jnp.where(weights > 0, one_minus_h, 1.0))
   # kappa(M) <= 1 + ||A^1/2 K A^1/2||_2 / reg, and the spectral norm is at most the infinity
   # norm max_i sum_j sqrt(a_i) |K_ij| sqrt(a_j) (symmetric matrix).
@@ -79,25 +80,25 @@ def _dual(weights, targets, x, reg, mask, temperature, loss, with_grad, form):
   return value, grad, jnp.finfo(x.dtype).eps * (1.0 + norm / reg) / min_omh
 
 
-def _run(args, form, loss, with_grad):
+def _run(args, form, loss, with_grad, outer):
   if form == "primal":
-    return _primal(*args, loss, with_grad)
-  return _dual(*args, loss, with_grad, form)
+    return _primal(*args, loss, with_grad, outer)
+  return _dual(*args, loss, with_grad, form, outer)
 
 
 def value_and_grad(weights, targets, x, reg, mask, temperature, form: str, loss: str,
-                   with_grad: bool):
+                   with_grad: bool, outer: str = "mean"):
   """(value, grad) (grad None unless `with_grad`) in x's dtype, guarded in float32."""
   args = (weights, targets, x, reg, mask, temperature)
   dtype = x.dtype
   if dtype != jnp.float32:
-    value, grad, _ = _run(args, form, loss, with_grad)
+    value, grad, _ = _run(args, form, loss, with_grad, outer)
     return value, grad
   up = lambda: tuple(jnp.asarray(a, jnp.float64) for a in args)
   down = lambda out: (out[0].astype(dtype), None if out[1] is None else out[1].astype(dtype))
   if form != "primal" and _x64():
-    return down(_run(up(), form, loss, with_grad))
-  value, grad, bound = _run(args, form, loss, with_grad)
+    return down(_run(up(), form, loss, with_grad, outer))
+  value, grad, bound = _run(args, form, loss, with_grad, outer)
   ok = bound <= F32_TOL
   if not _x64():
     nan = jnp.asarray(jnp.nan, dtype)
@@ -105,7 +106,7 @@ def value_and_grad(weights, targets, x, reg, mask, temperature, form: str, loss:
             None if grad is None else jnp.where(ok, grad, nan))
 
   def redo():
-    return down(_run(up(), form, loss, with_grad)[:2])
+    return down(_run(up(), form, loss, with_grad, outer)[:2])
 
   if grad is None:
     return lax.cond(ok, lambda: value, lambda: redo()[0]), None

@@ -104,13 +104,21 @@ def _blocks(n, block_size):
 class _Problem:
   """The in-memory inputs of a streamed run and its block reader."""
 
-  def __init__(self, source, weights, targets, eval_mask, dtype, block_size, check_blocks):
+  def __init__(self, source, weights, targets, eval_mask, dtype, block_size, check_blocks,
+               outer="mean"):
     self.source, self.dtype, self.block_size = source, dtype, block_size
     self.n, self.d = int(source.num_rows), int(source.num_features)
     self.w = np.asarray(weights, dtype)
     self.y = np.asarray(targets, dtype)
     self.m = np.ones(self.n, dtype) if eval_mask is None else np.asarray(eval_mask).astype(dtype)
+    self.outer = outer
+    self.m_out = cf.outer_mask(self.w, self.m, outer)  # the outer mean's weights
     self.check_blocks = check_blocks
+
+  def add_self_term(self, deriv, per, value):
+    """The weighted outer mean's own-sample term, added in place after pass 3."""
+    if self.outer == "weighted":
+      deriv += cf.self_term(self.m, per, self.dtype.type(value), self.m_out.sum())
 
   def nonfinite(self, start, stop):
     return ValueError(f"features rows [{start}, {stop}) contain NaN or Inf.")
@@ -165,12 +173,13 @@ def _host_driver(p: _Problem, reg, loss, temperature, with_preds, tick):
   preds_all = np.empty((n, c), dtype) if with_preds else None
   m_acc = np.zeros((d, d), dtype, order="F")
   ztg, value = np.zeros((d, c), dtype), dtype.type(0)
+  per_all = np.empty(n, dtype)
   for start, stop in _blocks(n, p.block_size):
     z = p.read(start, stop)
     sl = slice(start, stop)
-    v_b, g_b, s_all[sl], u_all[sl], r_all[sl], p_b = _stream_host.stream_pass2(
-        z, p.w[sl], p.y[sl], p.m[sl], chol, coef, dtype.type(temperature), p.m.sum(), loss,
-        m_acc, buf=scratch, with_preds=with_preds)
+    v_b, g_b, s_all[sl], u_all[sl], r_all[sl], p_b, per_all[sl] = _stream_host.stream_pass2(
+        z, p.w[sl], p.y[sl], p.m_out[sl], chol, coef, dtype.type(temperature), p.m_out.sum(),
+        loss, m_acc, buf=scratch, with_preds=with_preds)
     if not np.all(np.isfinite(s_all[sl])):
       raise p.nonfinite(start, stop)
     value, ztg = value + v_b, ztg + g_b
@@ -186,6 +195,7 @@ def _host_driver(p: _Problem, reg, loss, temperature, with_preds, tick):
     deriv[sl] = _stream_host.stream_pass3(p.read(start, stop), r_all[sl], s_all[sl], u_all[sl],
                                           q, v)
     tick(3, stop)
+  p.add_self_term(deriv, per_all, value)
   return value, deriv, preds_all
 
 
@@ -207,7 +217,7 @@ def _xla_driver(p: _Problem, reg, loss, temperature, with_preds, tick, mesh, dat
                        if k < bs else x) for x in parts)
 
   def block(start, stop):
-    return padded(p.read(start, stop), p.w[start:stop], p.y[start:stop], p.m[start:stop])
+    return padded(p.read(start, stop), p.w[start:stop], p.y[start:stop], p.m_out[start:stop])
 
   gram, zay = jnp.zeros((d, d), dtype), jnp.zeros((d, c), dtype)
   for start, stop in _blocks(n, bs):
@@ -218,19 +228,21 @@ def _xla_driver(p: _Problem, reg, loss, temperature, with_preds, tick, mesh, dat
   c_inv, coef = _stream_xla.solve_stage(gram, zay, jnp.asarray(reg, dtype))
   if not bool(jnp.all(jnp.isfinite(c_inv))):
     _checks.raise_if_nonfinite(np.asarray(c_inv), reg, "streamed factorisation")
-  denom = replicate(jnp.asarray(p.m.sum(), dtype))
+  denom = replicate(jnp.asarray(p.m_out.sum(), dtype))
   temp = replicate(jnp.asarray(temperature, dtype))
   s_all, u_all = np.empty(n, dtype), np.empty(n, dtype)
   r_all = np.empty((n, c), dtype)
   preds_all = np.empty((n, c), dtype) if with_preds else None
+  per_all = np.empty(n, dtype)
   m_acc, ztg, value = jnp.zeros((d, d), dtype), jnp.zeros((d, c), dtype), jnp.zeros((), dtype)
   for start, stop in _blocks(n, bs):
     z, a, y, msk = block(start, stop)
-    v_b, m_b, g_b, s_b, u_b, r_b, p_b = _stream_xla.pass2(z, a, y, msk, c_inv, coef, temp,
-                                                          denom, loss=loss)
+    v_b, m_b, g_b, s_b, u_b, r_b, p_b, per_b = _stream_xla.pass2(z, a, y, msk, c_inv, coef,
+                                                                 temp, denom, loss=loss)
     m_acc, value, ztg = m_acc + m_b, value + v_b, ztg + g_b
     k = stop - start
     s_all[start:stop], u_all[start:stop] = np.asarray(s_b)[:k], np.asarray(u_b)[:k]
+    per_all[start:stop] = np.asarray(per_b)[:k]
     r_all[start:stop] = np.asarray(r_b)[:k]
     if with_preds:
       preds_all[start:stop] = np.asarray(p_b)[:k]
@@ -243,6 +255,7 @@ def _xla_driver(p: _Problem, reg, loss, temperature, with_preds, tick, mesh, dat
     out = _stream_xla.pass3(*padded(p.read(start, stop), r_all[sl], s_all[sl], u_all[sl]), q, v)
     deriv[sl] = np.asarray(out)[:stop - start]
     tick(3, stop)
+  p.add_self_term(deriv, per_all, value)
   return value, deriv, preds_all
 
 
@@ -251,7 +264,7 @@ def streamed_loo_loss_and_derivative(
     eval_mask=None, temperature: float = 1.0, block_size: int = 8192,
     dtype=None, mesh: Optional[jax.sharding.Mesh] = None, data_axis: str = "data",
     backend: str = "auto", return_predictions: bool = False,
-    progress: Optional[Callable[[int, int], None]] = None):
+    progress: Optional[Callable[[int, int], None]] = None, outer: str = "mean"):
   """LOO loss and dataset derivative of weighted ridge, streaming feature blocks.
 
   Equal (up to round-off) to `diva_jax.loo_loss_and_derivative(weights, targets,
@@ -274,6 +287,7 @@ def streamed_loo_loss_and_derivative(
       or "xla"; see `diva_jax.loo.backends.dispatch`.
     return_predictions: also return the [n, c] LOO predictions.
     progress: called as progress(done, total) after each block, total = 3 n (three passes).
+    outer: "mean" or "weighted", as in `diva_jax.loo_loss`.
 
   Returns:
     A `LooResult` (value, derivative [n]) of jax arrays, like every LOO entry point; with
@@ -292,6 +306,7 @@ def streamed_loo_loss_and_derivative(
   _checks.check_ridge_inputs(weights, targets, np.zeros((np.shape(weights)[0], 0)), None,
                              reg, eval_mask)
   _checks.check_loss_args(loss, temperature, targets)
+  _checks.check_outer(outer, weights, eval_mask)
   if np.shape(weights)[0] != n:
     raise ValueError(f"weights has {np.shape(weights)[0]} entries but features has {n} rows.")
   if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) \
@@ -311,7 +326,7 @@ def streamed_loo_loss_and_derivative(
     ndev = mesh.shape[data_axis]
     block_size = -(-block_size // ndev) * ndev
   p = _Problem(source, weights, targets, eval_mask, dtype, block_size,
-               check_blocks=not use_host)
+               check_blocks=not use_host, outer=outer)
   tick = (lambda k, stop: progress((k - 1) * n + stop, 3 * n)) if progress else (lambda k, s: None)
   if use_host:
     value, deriv, preds = _host_driver(p, reg, loss, temperature, return_predictions, tick)

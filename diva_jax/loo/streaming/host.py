@@ -41,7 +41,8 @@ def stream_pass2(z, a, y, m, chol, coef, temperature, denom, loss, m_acc, buf=No
                  with_preds=False):
   """Per-sample quantities of a block; adds its part of M = Z^T diag(a u) Z to m_acc (upper
   triangle, in place, a ?syrk per sign of a u) and returns (value part, Z_b^T G~_b, S_kk,
-  u, r = Y - Yhat, LOO predictions or None).
+  u, r = Y - Yhat, LOO predictions or None, per-sample LOO losses). `m` holds the outer
+  mean's weights (`closed_form.outer_mask`), `denom` their sum over all rows.
 
   S_kk = ||U^-T z_k||^2 by one ?trsm (n d^2 flops for the block, half of z_k^T C z_k by
   GEMM); the per-sample terms by `closed_form.sample_terms`.
@@ -55,12 +56,13 @@ def stream_pass2(z, a, y, m, chol, coef, temperature, denom, loss, m_acc, buf=No
     e -= y  # Yhat - y
     one_minus_h = 1.0 - a * s_diag
     err = e / one_minus_h[:, None]  # f_loo - y
-    value, g_tilde, u = cf.sample_terms(np, err, one_minus_h, y, m, denom, temperature, loss)
+    value, g_tilde, u, per = cf.sample_terms(np, err, one_minus_h, y, m, denom, temperature,
+                                             loss)
     preds = y + err if with_preds else None
     _host.signed_gram_upper_t(z.T, a * u, out=m_acc, buf=buf)
     ztg = _host.mm(z.T, g_tilde)
     np.negative(e, out=e)  # r = y - Yhat
-    return value, ztg, s_diag, u, e, preds
+    return value, ztg, s_diag, u, e, preds, per
 
 
 def stream_grad_stage(c_inv, m_upper, ztg):

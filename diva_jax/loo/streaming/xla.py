@@ -34,14 +34,16 @@ def solve_stage(gram, zay, reg):
 
 @jax.jit(static_argnames=("loss",))
 def pass2(z, a, y, m, c_inv, coef, temperature, denom, loss):
-  """(value part, Z_b^T diag(a u) Z_b, Z_b^T G~_b, S_kk, u, r = Y - Yhat, LOO predictions)."""
+  """(value part, Z_b^T diag(a u) Z_b, Z_b^T G~_b, S_kk, u, r = Y - Yhat, LOO predictions,
+  per-sample LOO losses); `m` holds the outer mean's weights, `denom` their total."""
   s_diag = jnp.sum(cf.dot(z, c_inv) * z, axis=1)
   fitted = cf.dot(z, coef)
   one_minus_h = 1.0 - a * s_diag
   err = (fitted - y) / one_minus_h[:, None]
-  value, g_tilde, u = cf.sample_terms(jnp, err, one_minus_h, y, m, denom, temperature, loss)
+  value, g_tilde, u, per = cf.sample_terms(jnp, err, one_minus_h, y, m, denom, temperature,
+                                           loss)
   zau = z * (a * u)[:, None]
-  return value, cf.dot(zau.T, z), cf.dot(z.T, g_tilde), s_diag, u, y - fitted, y + err
+  return value, cf.dot(zau.T, z), cf.dot(z.T, g_tilde), s_diag, u, y - fitted, y + err, per
 
 
 @jax.jit
