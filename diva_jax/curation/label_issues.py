@@ -23,6 +23,7 @@ import numpy as np
 from diva_jax.curation import checks as cc
 from diva_jax.curation import detect as detection
 from diva_jax.loo import api as _loo
+from diva_jax.loo import checks as _checks
 from diva_jax.loo import reg as reg_selection
 from diva_jax.loo import heldout as validation
 from diva_jax.parallel import multihost as dist
@@ -69,7 +70,8 @@ def _check_labels(labels, num_classes) -> tuple[np.ndarray, int]:
 def find_label_issues(labels, *, features=None, kernel=None, num_classes: Optional[int] = None,
                       loss: str = "ce", temperature: float = 0.3, reg: Optional[float] = None,
                       detection_reg_multiplier: float = 10.0, threshold: str = "auto",
-                      eps: float = 0.0, distributed: bool = False) -> LabelIssues:
+                      eps: float = 0.0, distributed: bool = False,
+                      outer: str = "weighted") -> LabelIssues:
   """Finds the mislabelled (detrimental) samples of a labelled dataset by the default rule.
 
   Args:
@@ -87,6 +89,10 @@ def find_label_issues(labels, *, features=None, kernel=None, num_classes: Option
     eps: the derivative above which a sample counts as harmful.
     distributed: rows sharded over every device of every process for the derivative
       (`diva_jax.parallel.multihost`; features only). With one device it is the in-memory path.
+    outer: the LOO loss differentiated: "weighted" (default; the outer mean weighted by the
+      sample weights, so the derivative holds each sample's own term (l_k - L) / n besides
+      its effect on the others) or "mean" (the paper's derivative, no own term). The own
+      term is what ranks mislabels on binary and low-dimensional data (docs/math.md).
 
   Returns:
     A `LabelIssues`.
@@ -114,6 +120,7 @@ def find_label_issues(labels, *, features=None, kernel=None, num_classes: Option
   if threshold not in THRESHOLDS:
     raise ValueError(f"threshold must be one of {THRESHOLDS}, got {threshold!r}.")
   eps = cc.check_real("eps", eps)
+  _checks.check_outer(outer)
   if distributed and kernel is not None:
     raise ValueError("distributed=True shards feature rows; pass features=, not kernel=.")
 
@@ -127,10 +134,10 @@ def find_label_issues(labels, *, features=None, kernel=None, num_classes: Option
   det_reg = reg * mult
   if distributed:
     value, deriv = dist.sharded_loo_loss_and_derivative(
-        ones, targets, data, reg=det_reg, loss=loss, temperature=temperature)
+        ones, targets, data, reg=det_reg, loss=loss, temperature=temperature, outer=outer)
   else:
     value, deriv = _loo.loo_loss_and_derivative(ones, targets, reg=det_reg, loss=loss,
-                                                temperature=temperature, **src)
+                                                temperature=temperature, outer=outer, **src)
   deriv = np.asarray(deriv, np.float64)
   loo = np.asarray(_loo.loo_predictions(ones, targets, reg=reg, **src), np.float64)
   probs = detection.loo_probabilities(loo, temperature)
