@@ -153,3 +153,18 @@ def test_bad_outer_and_all_zero_weights_are_refused():
     diva_jax.streamed_loo_loss_and_derivative(a, y, features=z, reg=1.0, outer="Weighted")
   # The plain mean allows all-zero weights (every prediction is then 0).
   diva_jax.loo_loss(np.zeros(16), y, features=z, reg=1.0)
+
+
+def test_reweight_steps_along_the_weighted_derivative():
+  z, y, _, _ = _problem(n=30, seed=5)
+  a = np.ones(30)
+  res = diva_jax.reweight(a, y, features=z, reg=0.5, loss="ce", temperature=0.3,
+                          outer="weighted", steps=1, learning_rate=0.1)
+  _, g = diva_jax.loo_loss_and_derivative(a, y, features=z, reg=0.5, loss="ce",
+                                          temperature=0.3, outer="weighted")
+  g = np.asarray(g)
+  # The default step: the largest weight change is the learning rate, along -g.
+  np.testing.assert_allclose(np.asarray(res.weights), np.maximum(0, a - 0.1 * g / np.abs(g).max()),
+                             atol=1e-9)
+  with pytest.raises(ValueError, match="outer must be one of"):
+    diva_jax.reweight(a, y, features=z, reg=0.5, outer="both")

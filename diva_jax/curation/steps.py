@@ -38,6 +38,7 @@ from diva_jax.curation.checks import check_real as _check_real
 from diva_jax.curation.checks import check_reg as _check_reg
 from diva_jax.curation.checks import check_weights as _check_weights
 from diva_jax.curation.checks import float_dtype as _float_dtype
+from diva_jax.loo import checks as _loo_checks
 from diva_jax.curation.detect import DetectionMetrics  # re-exported: curation's public names
 from diva_jax.curation.detect import auroc
 from diva_jax.curation.detect import detect_detrimental
@@ -90,7 +91,7 @@ def reweight(weights, targets, *, features=None, kernel=None, reg, steps: int = 
              learning_rate: float = 0.2, loss: str = "mse", eval_mask=None,
              temperature: float = 1.0, max_weight: Optional[float] = None,
              line_search: bool = False, max_backtracks: int = 10,
-             armijo: float = 1e-4) -> ReweightResult:
+             armijo: float = 1e-4, outer: str = "mean") -> ReweightResult:
   """Projected gradient steps on the sample weights: a <- max(0, a - step(dL_loo/da)).
 
   Step rules (README, "Reweighting: which step rule"; on clean data none of them lowered the
@@ -119,6 +120,9 @@ def reweight(weights, targets, *, features=None, kernel=None, reg, steps: int = 
     line_search: backtracking line search on the LOO loss (see above).
     max_backtracks: halvings tried per step by the line search, an integer >= 0.
     armijo: sufficient-decrease constant of the line search, in [0, 1).
+    outer: the LOO loss's outer mean, "mean" (default, the paper's) or "weighted" (as in
+      `diva_jax.loo_loss`). Weighted, the loss can also fall by concentrating the weight on
+      the samples it fits best, so keep the steps few.
 
   Returns:
     A `ReweightResult` (with `line_search`, `losses` is the LOO loss at each accepted iterate).
@@ -144,8 +148,9 @@ def reweight(weights, targets, *, features=None, kernel=None, reg, steps: int = 
     if not 0 <= armijo < 1:
       raise ValueError(f"armijo must be in [0, 1), got {armijo}.")
     search = (float(learning_rate), max_backtracks, armijo)
+  _loo_checks.check_outer(outer)
   kw = dict(features=features, kernel=kernel, reg=reg, loss=loss, eval_mask=eval_mask,
-            temperature=temperature)
+            temperature=temperature, outer=outer)
   w, losses, derivs = _projected_descent(
       weights, lambda w: _loo.loo_loss_and_derivative(w, targets, **kw),
       lambda w: _loo.loo_loss(w, targets, **kw), steps, opt, max_weight, search)
