@@ -18,8 +18,11 @@ from diva_jax.runs.lib.variants import apply_variants
 
 def get_config(arg=None):
   c = ml_collections.ConfigDict()
-  c.source = ""                  # image folder | .csv (path,label[,id]) | .npz/.npy | TFDS name
+  c.source = ""                  # image folder | .csv (path,label[,id]) | table .csv/.parquet
+                                 # (with label_column) | .npz/.npy | TFDS name
   c.labels_path = ""             # labels of a .npy of embeddings ("" = <stem>_labels.npy)
+  c.label_column = ""            # a table (.csv / .parquet): its label column ("" = not a table)
+  c.id_column = ""               # a table: its column of unique row ids ("" = row numbers)
   c.split = "train"              # TFDS split
   c.data_dir = ""                # TFDS data_dir
   c.cache_dir = ""               # feature cache ("" = <workdir>/cache)

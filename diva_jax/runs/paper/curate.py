@@ -43,6 +43,7 @@ from diva_jax.runs.lib import common
 from diva_jax.runs.lib.errors import ConfigError
 from diva_jax import models
 from diva_jax.data import user_data
+from diva_jax.data import user_tables
 from diva_jax.runs.lib import report
 import importlib
 import importlib.util
@@ -57,7 +58,7 @@ def _looks_like_path(source: str) -> bool:
   src = os.path.expanduser(source.strip())
   if src.startswith(("/", "./", "../", ".\\", "..\\")) or os.path.isabs(src):
     return True
-  if os.path.splitext(src)[1].lower() in (".csv", ".npz", ".npy"):
+  if os.path.splitext(src)[1].lower() in (".csv", ".npz", ".npy", ".parquet", ".pq"):
     return True
   parent = os.path.dirname(src)
   return bool(parent) and os.path.isdir(parent)
@@ -66,8 +67,9 @@ def _looks_like_path(source: str) -> bool:
 def validate(config) -> None:
   """Every config value, before anything is read or written (ConfigError)."""
   if not isinstance(config.source, str) or not config.source.strip():
-    raise ConfigError("source must name an image folder, a .csv of path,label rows, a .npz or "
-                      ".npy of embeddings, or a TFDS dataset; got an empty value.")
+    raise ConfigError("source must name an image folder, a .csv of path,label rows, a table "
+                      "(.csv or .parquet with label_column=), a .npz or .npy of embeddings, "
+                      "or a TFDS dataset; got an empty value.")
   if _looks_like_path(config.source) and not os.path.exists(
       os.path.expanduser(config.source)):
     raise ConfigError(f"source {config.source!r}: no such file or folder.")
@@ -80,6 +82,18 @@ def validate(config) -> None:
     if not os.path.isdir(os.path.expanduser(config.flax_checkpoint)):
       raise ConfigError("backbone='flax' needs flax_checkpoint = an orbax checkpoint directory "
                         f"of the module's variables, got {config.flax_checkpoint!r}.")
+  for key in ("label_column", "id_column"):
+    if not isinstance(config[key], str):
+      raise ConfigError(f"{key} must be a column name string ('' = none), got {config[key]!r}.")
+  suffix = os.path.splitext(config.source.strip())[1].lower()
+  if suffix in (".parquet", ".pq") and not config.label_column:
+    raise ConfigError(f"source {config.source!r} is a Parquet table: name its label column "
+                      "with --config.label_column=.")
+  if config.label_column and suffix not in (".csv", ".parquet", ".pq"):
+    raise ConfigError(f"label_column={config.label_column!r} names a table column, but source "
+                      f"{config.source!r} is not a .csv or .parquet table.")
+  if config.id_column and not config.label_column:
+    raise ConfigError("id_column names a column of a table source: set label_column too.")
   common.check_int(config, "image_size", 8)
   common.check_int(config, "batch_size", 1)
   common.check_int(config, "max_images", 0)
@@ -99,8 +113,9 @@ class _Samples:
   """What a source gives: images or features, labels, names, ids, paths, skipped, warnings."""
 
   def __init__(self, *, labels, class_names, ids, paths, images=None, features=None,
-               skipped=(), warnings=()):
+               skipped=(), warnings=(), records=None):
     self.labels = np.asarray(labels, np.int64)
+    self.records = records  # a table's rows as text (the report shows them), or None
     self.class_names = [str(c) for c in class_names]
     self.ids, self.paths = list(ids), list(paths)
     self.images, self.features = images, features
@@ -113,6 +128,12 @@ def load_source(config) -> _Samples:
   src = os.path.expanduser(config.source)
   kind = user_data.source_kind(src)
   try:
+    if config.label_column:  # a table (validate: .csv or .parquet)
+      r = user_tables.load_table(src, label_column=config.label_column,
+                                 id_column=config.id_column, max_rows=config.max_images)
+      return _Samples(labels=r.labels, class_names=r.class_names, ids=r.ids,
+                      paths=[""] * len(r.ids), features=r.features, warnings=r.warnings,
+                      records=r.records)
     if kind in ("folder", "csv"):
       fn = user_data.load_image_folder if kind == "folder" else user_data.load_image_csv
       r = fn(src, size=config.image_size, max_images=config.max_images)
@@ -229,7 +250,9 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
                        split=f"{tag}{config.max_images or ''}",
                        cache_dir=config.cache_dir or wd.file("cache"), workdir=wd)
   timings["embed_seconds"] = time.perf_counter() - start
-  feats = common.standardize(raw)[0]
+  # A table arrives standardised per column with its bias column (user_tables); features
+  # and embeddings are centred and scaled as a whole here.
+  feats = raw if samples.records is not None else common.standardize(raw)[0]
   num_classes = len(samples.class_names)
   n = len(samples.labels)
 
@@ -305,6 +328,7 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
         wd.file("report.html"), title=f"Label issues: {config.source}", summary=summary,
         class_names=names, given=samples.labels, suggested=suggested, derivative=deriv,
         flagged=flagged, loo_prob_given=prob_given, ids=samples.ids, thumbnails=thumbs,
+        records=samples.records,
         skipped=samples.skipped, warnings=samples.warnings, max_grid=int(config.report_grid))
   metrics = dict(summary, skipped=[{"path": p, "reason": r} for p, r in samples.skipped],
                  warnings=samples.warnings)
