@@ -33,11 +33,13 @@ def _brute_loo(x, y, a, reg):
   return out
 
 
-def _ce_loss(x, y, a, reg, t):
+def _ce_loss(x, y, a, reg, t, outer="weighted"):
+  """The LOO cross-entropy of brute-force refits; "weighted": the outer mean weighted by a."""
   f = _brute_loo(x, y, a, reg) / t
   f = f - f.max(1, keepdims=True)
   logp = f - np.log(np.exp(f).sum(1, keepdims=True))
-  return -np.mean(np.sum(y * logp, 1))
+  per = -np.sum(y * logp, 1)
+  return float(np.sum(a * per) / np.sum(a)) if outer == "weighted" else float(np.mean(per))
 
 
 def test_matches_brute_force_refits_and_finite_differences():
@@ -76,6 +78,15 @@ def test_matches_brute_force_refits_and_finite_differences():
   assert res.num_positive == int(np.sum(res.derivative > 0))
   # And it finds the planted flips on this easy problem.
   assert res.flagged[:6].sum() >= 5
+  # The paper's derivative (unweighted outer mean) is one argument away.
+  paper = diva_jax.find_label_issues(noisy, features=x, outer="mean")
+  for i in (0, 3, 17):
+    e = np.zeros(n)
+    e[i] = h
+    fd = (_ce_loss(x, y, 1 + e, res.detection_reg, 0.3, "mean")
+          - _ce_loss(x, y, 1 - e, res.detection_reg, 0.3, "mean")) / (2 * h)
+    assert paper.derivative[i] == pytest.approx(fd, rel=1e-5, abs=1e-9)
+  assert not np.allclose(paper.derivative, res.derivative)
 
 
 def test_sign_rule_kernel_form_and_given_reg():
