@@ -45,7 +45,7 @@ def test_removal_study_tiny(tmp_path):
   reg = float(diva_jax.select_reg(t, features=train.features, loss="ce", temperature=0.3).reg)
   ones = np.ones(len(noisy), np.float32)
   d = np.asarray(diva_jax.dataset_derivative(ones, t, features=train.features, reg=10 * reg,
-                                             loss="ce", temperature=0.3))
+                                             loss="ce", temperature=0.3, outer="weighted"))
   k = diva_jax.estimate_num_issues(common.softmax(np.asarray(diva_jax.loo_predictions(
       ones, t, features=train.features, reg=reg)), 0.3), noisy)
   flags = diva_jax.detect_detrimental(d, num_flagged=k)

@@ -149,7 +149,8 @@ class _Seed:
     if key not in self._deriv:
       self._deriv[key] = np.asarray(self.dj.dataset_derivative(
           self.ones if w is None else w, self.t, reg=(reg or self.reg) * mult,
-          loss=self.c.loss, temperature=self.c.temperature, **(kw or {"features": self.x})))
+          loss=self.c.loss, temperature=self.c.temperature, outer="weighted",
+          **(kw or {"features": self.x})))  # the default rule's definition
     return self._deriv[key]
 
   def _rule(self, **kw):
