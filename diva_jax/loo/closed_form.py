@@ -36,8 +36,8 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
-__all__ = ["LOSSES", "OUTERS", "F32_TOL", "reference_loo_loss", "loss_and_grad", "sample_terms", "gradient",
-           "value_and_grad_tail"]
+__all__ = ["LOSSES", "OUTERS", "F32_TOL", "reference_loo_loss", "loss_and_grad", "sample_terms",
+           "gradient", "value_and_grad_tail", "outer_mask", "self_term", "check_outer"]
 
 LOSSES = ("mse", "ce")
 

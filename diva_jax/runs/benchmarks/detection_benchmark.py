@@ -28,6 +28,7 @@ import numpy as np
 import diva_jax
 from diva_jax import data
 from diva_jax.curation import valuation
+from diva_jax.data import user_tables
 from diva_jax.runs.lib import common
 from diva_jax.runs.lib.common import ConfigError
 
@@ -38,13 +39,9 @@ METHODS = ("diva_default", "diva_plain", "loo_removal", "cleanlab_cv_logistic",
 NOISE = ("uniform", "pairwise")
 
 
-def tabular_features(x_train, *others):
-  """Standardised on the training rows, divided by sqrt(d), with a column of ones."""
-  mean, std = x_train.mean(0), x_train.std(0)
-  std = np.where(std > 0, std, 1.0)
-  scale = lambda x: np.concatenate(
-      [(x - mean) / std / np.sqrt(x.shape[1]), np.ones((len(x), 1))], 1).astype(np.float32)
-  return (scale(x_train),) + tuple(scale(o) for o in others)
+# The preprocessing `curate` applies to a table source, and the one documented for
+# `find_label_issues` on tabular arrays.
+tabular_features = user_tables.standardize_table
 
 
 def load_table(name: str):
@@ -59,7 +56,7 @@ def load_table(name: str):
   perm = np.random.default_rng(0).permutation(len(y))
   n_train = int(round(0.6 * len(y)))
   x, y = x[perm[:n_train]].astype(np.float64), y[perm[:n_train]].astype(np.int64)
-  return tabular_features(x)[0], y, int(y.max()) + 1
+  return tabular_features(x), y, int(y.max()) + 1
 
 
 def _check_dataset(name):
