@@ -84,6 +84,7 @@ def test_bad_tables_are_refused_with_the_rows_and_columns_named(tmp_path, rows, 
     ({"label_column": "nope"}, "label_column 'nope' is not a column"),
     ({"source_suffix": ".parquet"}, "is a Parquet table: name its label column"),
     ({"label_column": "y", "source_suffix": ".npz"}, "is not a .csv or .parquet table"),
+    ({"label_column": "y", "outer": "self"}, "outer"),
 ])
 def test_curate_refuses_a_bad_table_config_in_one_line_and_writes_nothing(tmp_path, kw,
                                                                           message):
@@ -124,3 +125,11 @@ def test_curate_finds_planted_flips_in_a_real_table(tmp_path):
   assert stored["feature_dim"] == x.shape[1] + 2 + 1  # 30 numeric, site one-hot, bias
   html = open(os.path.join(wd, "report.html")).read()
   assert 'class="record">f0=' in html and "site=" in html
+  # The paper's derivative (outer='mean') is one config field away and changes the scores.
+  paper = curate.run(_curate_config(source=path, label_column="diagnosis",
+                                    id_column="patient", outer="mean"), str(tmp_path / "paper"))
+  with open(os.path.join(tmp_path / "paper", "label_issues.csv"), newline="") as f:
+    derivs = {r["id"]: float(r["derivative"]) for r in csv.DictReader(f)}
+  with open(os.path.join(wd, "label_issues.csv"), newline="") as f:
+    assert any(abs(float(r["derivative"]) - derivs[r["id"]]) > 1e-6 for r in csv.DictReader(f))
+  assert paper["samples"] == len(y)

@@ -103,6 +103,7 @@ def validate(config) -> None:
   common.check_float(config, "temperature", low=0.0, low_open=True)
   common.check_float(config, "reg", low=0.0)
   common.check_float(config, "detection_reg_multiplier", low=0.0, low_open=True)
+  common.check_choice(config, "outer", ("weighted", "mean"))
   common.check_float(config, "eps")
   common.check_choice(config, "threshold", ("auto", "sign"))
   if not isinstance(config.relabel, bool):
@@ -265,6 +266,7 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
         samples.labels, features=feats, num_classes=num_classes, loss=config.loss,
         temperature=config.temperature, reg=config.reg if config.reg > 0 else None,
         detection_reg_multiplier=float(config.detection_reg_multiplier), threshold="sign",
+        outer=config.outer,
         eps=float(config.eps), distributed=True)
     bar(1, 1)
     return {"derivative": issues.derivative, "loo_probs": issues.loo_probs,
@@ -278,7 +280,7 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
   fingerprint = hashlib.sha256(
       np.ascontiguousarray(samples.labels).tobytes() + np.ascontiguousarray(feats).tobytes()
       + repr((config.loss, float(config.temperature), float(config.reg),
-              float(config.detection_reg_multiplier), float(config.eps))).encode()
+              float(config.detection_reg_multiplier), float(config.eps), config.outer)).encode()
   ).hexdigest()[:16]
   scored = wd.stage_arrays(f"scores-{fingerprint}", score)
   timings["score_seconds"] = float(scored["seconds"])
