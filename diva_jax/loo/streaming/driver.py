@@ -113,12 +113,13 @@ class _Problem:
     self.m = np.ones(self.n, dtype) if eval_mask is None else np.asarray(eval_mask).astype(dtype)
     self.outer = outer
     self.m_out = cf.outer_mask(self.w, self.m, outer)  # the outer mean's weights
+    self.denom = self.m_out.sum()  # their total, the outer mean's denominator
     self.check_blocks = check_blocks
 
   def add_self_term(self, deriv, per, value):
     """The weighted outer mean's own-sample term, added in place after pass 3."""
     if self.outer == "weighted":
-      deriv += cf.self_term(self.m, per, self.dtype.type(value), self.m_out.sum())
+      deriv += cf.self_term(self.m, per, self.dtype.type(value), self.denom)
 
   def nonfinite(self, start, stop):
     return ValueError(f"features rows [{start}, {stop}) contain NaN or Inf.")
@@ -178,7 +179,7 @@ def _host_driver(p: _Problem, reg, loss, temperature, with_preds, tick):
     z = p.read(start, stop)
     sl = slice(start, stop)
     v_b, g_b, s_all[sl], u_all[sl], r_all[sl], p_b, per_all[sl] = _stream_host.stream_pass2(
-        z, p.w[sl], p.y[sl], p.m_out[sl], chol, coef, dtype.type(temperature), p.m_out.sum(),
+        z, p.w[sl], p.y[sl], p.m_out[sl], chol, coef, dtype.type(temperature), p.denom,
         loss, m_acc, buf=scratch, with_preds=with_preds)
     if not np.all(np.isfinite(s_all[sl])):
       raise p.nonfinite(start, stop)
@@ -228,7 +229,7 @@ def _xla_driver(p: _Problem, reg, loss, temperature, with_preds, tick, mesh, dat
   c_inv, coef = _stream_xla.solve_stage(gram, zay, jnp.asarray(reg, dtype))
   if not bool(jnp.all(jnp.isfinite(c_inv))):
     _checks.raise_if_nonfinite(np.asarray(c_inv), reg, "streamed factorisation")
-  denom = replicate(jnp.asarray(p.m_out.sum(), dtype))
+  denom = replicate(jnp.asarray(p.denom, dtype))
   temp = replicate(jnp.asarray(temperature, dtype))
   s_all, u_all = np.empty(n, dtype), np.empty(n, dtype)
   r_all = np.empty((n, c), dtype)
