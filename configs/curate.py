@@ -37,7 +37,7 @@ def get_config(arg=None):
   c.loss = "ce"                  # the detection setting of the outlier-rejection results
   c.temperature = 0.3
   c.reg = 0.0                    # ridge reg > 0, or 0.0 = the minimiser of the exact LOO error
-  c.detection_reg_multiplier = 10.0
+  c.detection_reg_multiplier = 0.0  # the derivative at reg x this; 0.0: the library's rule
   c.outer = "weighted"           # the LOO loss's outer mean: weighted (own term) | mean (paper)
   c.eps = 0.0                    # flag derivative > eps
   c.threshold = "auto"           # auto: only the k most harmful, k = estimate_num_issues | sign

@@ -42,7 +42,9 @@ def get_config(arg=None):
   c.loss = "ce"                  # mse | ce (on softmax(f / temperature))
   c.temperature = 0.3            # softmax temperature for 'ce' and for LOO probabilities
   c.reg = 0.0                    # ridge reg > 0, or 0.0 = the minimiser of the exact LOO error
-  c.detection_reg_multiplier = 10.0  # derivative taken at reg x this (1 = at the fit's reg)
+  # The derivative is taken at reg x this; 0.0: the library's rule, clip(100 df / n, 1, 10)
+  # of the fit's degrees of freedom (10 on embeddings, 1-3 on tables with few columns).
+  c.detection_reg_multiplier = 0.0
   c.detection_views = True       # detect on features averaged over 4 shifted views
   c.view_shift = 0.07            # the views' shift, a fraction of the image side
   c.eps = 0.0                    # flag derivative > eps

@@ -164,7 +164,7 @@ def test_bad_sources_refused_before_anything_is_written(planted, tmp_path):
   cases = [
       (_config(""), "source must name"),
       (_config(str(bad_csv)), "missing"),
-      (_config(root, detection_reg_multiplier=0.0), "detection_reg_multiplier"),
+      (_config(root, detection_reg_multiplier=-1.0), "detection_reg_multiplier"),
       (_config(root, report_grid=0), "report_grid"),
       (_config(str(tmp_path / "no" / "such_foldr")), "no such file or folder"),
       (_config(str(tmp_path / "missing.csv")), "no such file or folder"),

@@ -42,16 +42,59 @@ def _ce_loss(x, y, a, reg, t, outer="weighted"):
   return float(np.sum(a * per) / np.sum(a)) if outer == "weighted" else float(np.mean(per))
 
 
+def _hat_trace(x, reg):
+  return float(np.trace(x @ np.linalg.solve(x.T @ x + reg * np.eye(x.shape[1]), x.T)))
+
+
+def _auto_multiplier(x, reg):
+  return float(np.clip(100.0 * _hat_trace(x, reg) / x.shape[0], 1.0, 10.0))
+
+
+def test_degrees_of_freedom_is_the_hat_matrix_trace_in_every_form():
+  rng = np.random.default_rng(4)
+  tall, wide = rng.normal(size=(30, 7)), rng.normal(size=(9, 25))  # primal, Gram-dual
+  for x in (tall, wide):
+    for reg in (1e-3, 0.7, 50.0):
+      want = _hat_trace(x, reg)
+      assert diva_jax.loo.reg.degrees_of_freedom(features=x, reg=reg) == pytest.approx(
+          want, rel=1e-9)
+      assert diva_jax.loo.reg.degrees_of_freedom(kernel=x @ x.T, reg=reg) == pytest.approx(
+          want, rel=1e-9)
+  with pytest.raises(ValueError, match="exactly one of"):
+    diva_jax.loo.reg.degrees_of_freedom(reg=1.0)
+  with pytest.raises(ValueError, match="reg"):
+    diva_jax.loo.reg.degrees_of_freedom(features=tall, reg=0.0)
+
+
+def test_auto_multiplier_follows_the_fit_flexibility():
+  from diva_jax.curation.label_issues import auto_reg_multiplier
+  assert auto_reg_multiplier(0.5, 1000) == 1.0 and auto_reg_multiplier(500, 1000) == 10.0
+  assert auto_reg_multiplier(50, 1000) == pytest.approx(5.0)
+  # A table with few columns (stiff fit: df / n ~ 0.01) is ranked at reg; embeddings with
+  # d ~ n / 3 (df / n ~ 0.2) at 10 x reg.
+  rng = np.random.default_rng(5)
+  labels = rng.integers(0, 2, 400)
+  table = np.c_[rng.normal(size=(400, 4)) + 0.7 * labels[:, None], np.ones(400)]
+  emb = np.c_[rng.normal(size=(400, 128)) + 0.3 * labels[:, None], np.ones(400)]
+  r_table = diva_jax.find_label_issues(labels, features=table)
+  r_emb = diva_jax.find_label_issues(labels, features=emb)
+  assert r_table.detection_reg == pytest.approx(_auto_multiplier(table, r_table.reg) *
+                                                r_table.reg, rel=1e-9)
+  assert r_table.detection_reg / r_table.reg < 2.0
+  assert r_emb.detection_reg / r_emb.reg == pytest.approx(10.0)
+
+
 def test_matches_brute_force_refits_and_finite_differences():
   x, noisy, _ = _data()
   n, c = len(noisy), 3
   y = np.eye(c)[noisy]
   res = diva_jax.find_label_issues(noisy, features=x)
   # reg: the exact-LOO optimum of the library's own selection (checked against RidgeCV in
-  # test_loo); the detection reg is 10x it.
+  # test_loo); the detection reg is clip(100 df / n, 1, 10) times it, df the trace of the
+  # float64 hat matrix X (X^T X + reg I)^-1 X^T.
   assert res.reg == pytest.approx(float(diva_jax.select_reg(y, features=x, loss="ce",
                                                             temperature=0.3).reg))
-  assert res.detection_reg == pytest.approx(10 * res.reg)
+  assert res.detection_reg == pytest.approx(_auto_multiplier(x, res.reg) * res.reg, rel=1e-9)
   # LOO probabilities: softmax of the brute-force refits' predictions at reg / 0.3.
   loo = _brute_loo(x, y, np.ones(n), res.reg)
   p = np.exp(loo / 0.3 - (loo / 0.3).max(1, keepdims=True))
@@ -91,11 +134,15 @@ def test_matches_brute_force_refits_and_finite_differences():
 
 def test_sign_rule_kernel_form_and_given_reg():
   x, noisy, _ = _data(seed=1)
-  feats = diva_jax.find_label_issues(noisy, features=x, reg=0.7, threshold="sign")
+  feats = diva_jax.find_label_issues(noisy, features=x, reg=0.7, threshold="sign",
+                                     detection_reg_multiplier=10.0)
   assert feats.reg == 0.7 and feats.detection_reg == pytest.approx(7.0)
+  auto = diva_jax.find_label_issues(noisy, features=x, reg=0.7)  # the rule at a given reg
+  assert auto.detection_reg == pytest.approx(0.7 * _auto_multiplier(x, 0.7), rel=1e-9)
   np.testing.assert_array_equal(feats.flagged, feats.derivative > 0)
   # The dual form on the linear kernel is the same fit.
-  kern = diva_jax.find_label_issues(noisy, kernel=x @ x.T, reg=0.7, threshold="sign")
+  kern = diva_jax.find_label_issues(noisy, kernel=x @ x.T, reg=0.7, threshold="sign",
+                                    detection_reg_multiplier=10.0)
   np.testing.assert_allclose(kern.derivative, feats.derivative, rtol=1e-6, atol=1e-10)
   np.testing.assert_array_equal(kern.flagged, feats.flagged)
 

@@ -155,7 +155,7 @@ def test_workdir_with_a_different_config_is_refused(shared_dirs, tmp_path):
     ("reg", -1.0, r"reg must be a finite number >= 0, got -1.0"),
     ("reg", float("nan"), r"reg must be a finite number >= 0"),
     ("reg", float("inf"), r"reg must be a finite number >= 0"),
-    ("detection_reg_multiplier", 0.0, r"^detection_reg_multiplier must be .* > 0, got 0.0"),
+    ("detection_reg_multiplier", -1.0, r"^detection_reg_multiplier must be .* >= 0, got -1.0"),
     ("temperature", 0.0, r"^temperature must be"),
     ("eps", float("nan"), r"^eps must be a finite number"),
     ("sensitivity_reg_multipliers", (1.0, -2.0), r"^sensitivity_reg_multipliers must be"),

@@ -3,8 +3,12 @@
 The rule (needs no noise mask, no validation set and no test labels):
 
 1. reg: the minimiser of the exact LOO loss over a grid (`select_reg`), unless given;
-2. the dataset derivative at weight 1 of the LOO cross-entropy (temperature 0.3) at
-   `detection_reg_multiplier` (10) times that reg: a smoother fit separates mislabels better;
+2. the dataset derivative at weight 1 of the LOO cross-entropy (temperature 0.3) with the
+   weighted outer mean, at `detection_reg_multiplier` times that reg. By default the
+   multiplier follows the fit's flexibility (`auto_reg_multiplier`): clip(100 df / n, 1, 10)
+   with df the fit's effective degrees of freedom at reg. A fit that can memorise its
+   labels (embeddings: df / n >= 0.1) needs the smoother fit of 10 x reg to separate the
+   mislabels; a stiff one (a table with few columns: df / n ~ 0.01) is ranked best at reg;
 3. the automatic threshold: the number of label issues estimated from the exact LOO class
    probabilities at reg (`estimate_num_issues`, the calibrated confident joint); the that-many
    samples with the largest positive derivative are flagged.
@@ -31,7 +35,7 @@ from diva_jax.parallel import multihost as dist
 loo_probabilities = detection.loo_probabilities  # re-exported
 
 __all__ = ["LabelIssues", "find_label_issues", "refit_test_error", "loo_probabilities",
-           "THRESHOLDS"]
+           "THRESHOLDS", "auto_reg_multiplier"]
 
 THRESHOLDS = ("auto", "sign")
 
@@ -67,9 +71,21 @@ def _check_labels(labels, num_classes) -> tuple[np.ndarray, int]:
   return y, c
 
 
+def auto_reg_multiplier(dof: float, n: int) -> float:
+  """The default detection-reg multiplier: clip(100 dof / n, 1, 10).
+
+  dof / n is the fit's mean leverage at the exact-LOO reg (`select_reg`,
+  `diva_jax.loo.reg.degrees_of_freedom`). Measured on 8 tables, 2 embedding sets and synthetic embeddings at 4
+  noise settings (docs/studies.md, "The detection reg"): embeddings (dof / n 0.09-0.35) rank
+  mislabels best at 10 x reg, tables with few columns (dof / n 0.001-0.1) at 1-3 x reg; the
+  rule needs no noise mask and takes each kind's best fixed value.
+  """
+  return float(min(10.0, max(1.0, 100.0 * float(dof) / max(int(n), 1))))
+
+
 def find_label_issues(labels, *, features=None, kernel=None, num_classes: Optional[int] = None,
                       loss: str = "ce", temperature: float = 0.3, reg: Optional[float] = None,
-                      detection_reg_multiplier: float = 10.0, threshold: str = "auto",
+                      detection_reg_multiplier: Optional[float] = None, threshold: str = "auto",
                       eps: float = 0.0, distributed: bool = False,
                       outer: str = "weighted") -> LabelIssues:
   """Finds the mislabelled (detrimental) samples of a labelled dataset by the default rule.
@@ -83,7 +99,9 @@ def find_label_issues(labels, *, features=None, kernel=None, num_classes: Option
     loss, temperature: the LOO loss the derivative differentiates ("ce" at T = 0.3 is the
       strongest detection setting found; "mse" is the plain ridge loss).
     reg: the fit's ridge reg > 0, or None: the exact-LOO optimum (`select_reg`).
-    detection_reg_multiplier: the derivative is taken at reg times this (> 0).
+    detection_reg_multiplier: the derivative is taken at reg times this (> 0), or None (the
+      default): `auto_reg_multiplier` of the fit's degrees of freedom at reg, from 1 (tables
+      with few columns) to 10 (embeddings).
     threshold: "auto" (flag the `num_issues` most harmful samples among those with
       derivative > eps) or "sign" (flag every sample with derivative > eps).
     eps: the derivative above which a sample counts as harmful.
@@ -116,7 +134,8 @@ def find_label_issues(labels, *, features=None, kernel=None, num_classes: Option
   temperature = cc.check_real("temperature", temperature, positive=True)
   if reg is not None:
     reg = cc.check_real("reg", reg, positive=True)
-  mult = cc.check_real("detection_reg_multiplier", detection_reg_multiplier, positive=True)
+  mult = (None if detection_reg_multiplier is None else
+          cc.check_real("detection_reg_multiplier", detection_reg_multiplier, positive=True))
   if threshold not in THRESHOLDS:
     raise ValueError(f"threshold must be one of {THRESHOLDS}, got {threshold!r}.")
   eps = cc.check_real("eps", eps)
@@ -131,6 +150,8 @@ def find_label_issues(labels, *, features=None, kernel=None, num_classes: Option
   if reg is None:
     reg = float(reg_selection.select_reg(targets, loss=loss, temperature=temperature,
                                          **src).reg)
+  if mult is None:
+    mult = auto_reg_multiplier(reg_selection.degrees_of_freedom(reg=reg, **src), n)
   det_reg = reg * mult
   if distributed:
     value, deriv = dist.sharded_loo_loss_and_derivative(

@@ -21,7 +21,8 @@ import numpy as np
 from diva_jax.loo import checks as _checks
 from diva_jax.loo import closed_form as cf
 
-__all__ = ["RegSelection", "select_reg", "spectral_cache_info", "clear_spectral_cache"]
+__all__ = ["RegSelection", "select_reg", "degrees_of_freedom", "spectral_cache_info",
+           "clear_spectral_cache"]
 
 
 class RegSelection(NamedTuple):
@@ -180,3 +181,33 @@ def select_reg(targets: jax.Array, *, features: Optional[jax.Array] = None,
         RuntimeWarning, stacklevel=2)
   cast = lambda a: jnp.asarray(a, dtype)
   return RegSelection(cast(grid[best]), cast(grid), cast(losses), cast(scale), bool(at_edge))
+
+
+def degrees_of_freedom(*, features: Optional[jax.Array] = None,
+                       kernel: Optional[jax.Array] = None, reg: float) -> float:
+  """The effective degrees of freedom of the unweighted ridge fit at `reg`:
+  trace(K (K + reg I)^-1) = sum_j s_j / (s_j + reg) over the eigenvalues s of K = Z Z^T
+  (or of Z^T Z), a number in [0, min(n, d)]. Divided by n it is the mean leverage, the share
+  of each target the fit reproduces. It reuses `select_reg`'s cached eigendecomposition, so
+  after `select_reg` on the same features it costs O(min(n, d)).
+
+  Args:
+    features: [n, d] or kernel: [n, n] (exactly one; concrete arrays).
+    reg: ridge strength > 0.
+
+  Returns:
+    The degrees of freedom, a float.
+  """
+  if (features is None) == (kernel is None):
+    raise ValueError("Pass exactly one of features= ([n, d]) or kernel= ([n, n]).")
+  x = features if features is not None else kernel
+  if np.ndim(x) != 2:
+    raise ValueError(f"{'features' if features is not None else 'kernel'} must be 2-D, got "
+                     f"shape {np.shape(x)}.")
+  n = np.shape(x)[0]
+  _checks.check_ridge_inputs(np.ones((n,)), np.zeros((n, 1)), features, kernel, reg)
+  if not _checks.is_concrete(x):
+    raise ValueError("degrees_of_freedom needs a concrete array (call it outside jax.jit).")
+  form = ("gram_dual" if np.shape(x)[1] > n else "primal") if features is not None else "dual"
+  _, s = _cached_factor(x, form)
+  return float(np.sum(s / (s + float(reg))))

@@ -42,6 +42,7 @@ __all__ = [
     "embed",
     "prepare_features",
     "choose_reg",
+    "detection_multiplier",
     "test_error",
     "noisy_labels",
     "softmax",
@@ -275,6 +276,13 @@ def choose_reg(config, targets, features) -> float:
     return reg
   return float(diva_jax.select_reg(targets, features=features, loss=config.loss,
                                    temperature=config.temperature).reg)
+
+
+def detection_multiplier(config):
+  """config.detection_reg_multiplier if > 0, else (0.0) None: the library's rule
+  (`diva_jax.curation.label_issues.auto_reg_multiplier`)."""
+  mult = check_float(config, "detection_reg_multiplier", low=0.0)
+  return mult if mult > 0 else None
 
 
 def test_error(weights, targets, features, reg, test_features, test_labels) -> float:

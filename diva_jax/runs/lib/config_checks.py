@@ -152,9 +152,10 @@ def check_common(config) -> None:
       raise ConfigError(f"reg must be a number: > 0 for a given reg, 0.0 to choose it by "
                         f"exact LOO; got {config.reg!r}.")
     check_float(config, "reg", low=0.0)
-  for name in ("detection_reg_multiplier", "derivative_reg_multiplier"):
-    if has(name):
-      check_float(config, name, low=0.0, low_open=True)
+  if has("detection_reg_multiplier"):  # 0.0: the library's rule (auto_reg_multiplier)
+    check_float(config, "detection_reg_multiplier", low=0.0)
+  if has("derivative_reg_multiplier"):
+    check_float(config, "derivative_reg_multiplier", low=0.0, low_open=True)
   for name in ("data_dir", "cache_dir"):
     if has(name) and not isinstance(config[name], str):
       raise ConfigError(f"{name} must be a string path ('' = default), got {config[name]!r}.")

@@ -6,8 +6,8 @@ Steps (each a resumable stage of the workdir):
   1. load the samples (bad files are skipped and listed, bad sources refused before anything is
      written) and embed images with the configured backbone (feature cache: reruns are instant);
   2. standardise the features, choose reg by exact LOO (or config.reg), take the dataset
-     derivative at weight 1 and reg x config.detection_reg_multiplier, and the exact LOO class
-     probabilities at the LOO-optimal reg;
+     derivative at weight 1 and reg x config.detection_reg_multiplier (0.0: the library's rule,
+     `auto_reg_multiplier`), and the exact LOO class probabilities at the LOO-optimal reg;
   3. write the outputs.
 Outputs in the workdir:
   label_issues.csv   every sample, most harmful first: id, path, given_label, suggested_label
@@ -102,7 +102,7 @@ def validate(config) -> None:
   common.check_choice(config, "loss", ("mse", "ce"))
   common.check_float(config, "temperature", low=0.0, low_open=True)
   common.check_float(config, "reg", low=0.0)
-  common.check_float(config, "detection_reg_multiplier", low=0.0, low_open=True)
+  common.detection_multiplier(config)  # 0.0: the library's rule
   common.check_choice(config, "outer", ("weighted", "mean"))
   common.check_float(config, "eps")
   common.check_choice(config, "threshold", ("auto", "sign"))
@@ -265,7 +265,7 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
     issues = label_issues.find_label_issues(
         samples.labels, features=feats, num_classes=num_classes, loss=config.loss,
         temperature=config.temperature, reg=config.reg if config.reg > 0 else None,
-        detection_reg_multiplier=float(config.detection_reg_multiplier), threshold="sign",
+        detection_reg_multiplier=common.detection_multiplier(config), threshold="sign",
         outer=config.outer,
         eps=float(config.eps), distributed=True)
     bar(1, 1)

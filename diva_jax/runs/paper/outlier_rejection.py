@@ -155,20 +155,22 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
     issues = label_issues.find_label_issues(
         noisy, features=xd, num_classes=num_classes, loss=config.loss,
         temperature=config.temperature, reg=config.reg if config.reg > 0 else None,
-        detection_reg_multiplier=config.detection_reg_multiplier, threshold=config.threshold,
+        detection_reg_multiplier=common.detection_multiplier(config), threshold=config.threshold,
         eps=config.eps, distributed=True)
     return {"reg": reg, "reg_detection": issues.reg, "reg_seconds": t_reg,
+            "detection_reg": issues.detection_reg,
             "derivative": issues.derivative, "loo_loss": issues.loo_loss,
             "seconds": time.perf_counter() - start,
             "num_issues_estimate": issues.num_issues, "flagged": issues.flagged}
 
   st = wd.stage_arrays("label_issues", derivative_stage)
   # reg: the fit's (given, or the exact-LOO optimum on the plain features); the derivative is
-  # taken at the detection features' reg times detection_reg_multiplier (see
-  # diva_jax.curation.label_issues). Reweighting runs on the plain features at
-  # reg * detection_reg_multiplier.
+  # taken at the detection features' reg times the rule's multiplier (config's, or 0.0: the
+  # library's auto_reg_multiplier; see diva_jax.curation.label_issues). Reweighting runs on
+  # the plain features at reg times the same multiplier.
   reg, deriv = float(st["reg"]), st["derivative"]
-  reg_detect = reg * config.detection_reg_multiplier
+  multiplier = float(st["detection_reg"]) / float(st["reg_detection"])
+  reg_detect = reg * multiplier
   num_issues = int(st["num_issues_estimate"])
   flagged = np.asarray(st["flagged"], bool)
   # AUROC of the derivative's ranking; F1 / precision / recall of what is flagged.
@@ -237,7 +239,7 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
       "noise_type": config.noise_type, "noise_rate": config.noise_rate,
       "num_noisy": int(flipped.sum()), "loss": config.loss, "reg": reg,
       "reg_chosen_by": "given" if config.reg > 0 else "exact LOO minimum",
-      "detection_reg": float(st["reg_detection"]) * config.detection_reg_multiplier,
+      "detection_reg": float(st["detection_reg"]), "detection_reg_multiplier": multiplier,
       "detection_views": config.detection_views,
       "detection_f1_top_k": _metrics(None, flipped, deriv, 0, top_k=True)["detection_f1"]
                             if flipped.any() else None,

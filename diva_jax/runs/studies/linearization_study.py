@@ -124,7 +124,7 @@ def _one_run(c, train_x, train_labels, test_x, test_labels, num_classes, rate, s
   ones = np.ones(n, np.float32)
   issues = label_issues.find_label_issues(
       noisy, features=train_x, num_classes=num_classes, loss=c.loss,
-      temperature=c.temperature, detection_reg_multiplier=c.detection_reg_multiplier)
+      temperature=c.temperature, detection_reg_multiplier=common.detection_multiplier(c))
   reg, d, k, flagged = issues.reg, issues.derivative, issues.num_issues, issues.flagged
 
   def refit_error(keep):  # in %; None when fewer than 2 samples are kept

@@ -86,7 +86,7 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
         t = common.one_hot(noisy, num_classes)
         issues = label_issues.find_label_issues(
             noisy, features=feats, num_classes=num_classes, loss=c.loss,
-            temperature=c.temperature, detection_reg_multiplier=c.detection_reg_multiplier)
+            temperature=c.temperature, detection_reg_multiplier=common.detection_multiplier(c))
         reg, d, k, auto = issues.reg, issues.derivative, issues.num_issues, issues.flagged
         f1 = lambda mask: diva_jax.detection_metrics(mask - 0.5, flipped).f1
         if not flipped.any():  # nothing to detect at this rate and n
