@@ -3,7 +3,8 @@ r"""Mislabel detection across kinds of data (the detection table in docs/studies
   python -m experiments.detection_benchmark --workdir=/tmp/diva/detection
 
 Tables (scikit-learn's bundled breast_cancer, wine, iris, digits as a 64-column table and
-digits' parity as a binary one) and image embeddings (EfficientNet-Lite0 features of
+digits' parity as a binary one; palmerpenguins' species; statsmodels' fair and anes96, binary)
+and image embeddings (EfficientNet-Lite0 features of
 MNIST-5k, digits and animal-MNIST), at 10% / 20% / 40% uniform and 20% pairwise noise, 5
 seeds; the default rule against the paper's derivative, loo_removal_effect and cleanlab
 (5-fold CV logistic and HistGradientBoosting, KNN-Shapley). `:runlocal`: three tables, 20%
@@ -18,8 +19,8 @@ from diva_jax.runs.lib.variants import apply_variants
 
 def get_config(arg=None):
   c = ml_collections.ConfigDict()
-  c.datasets = ("breast_cancer", "wine", "iris", "digits_table", "digits_parity", "mnist5k",
-                "digits", "animal_mnist")
+  c.datasets = ("breast_cancer", "wine", "iris", "digits_table", "digits_parity", "penguins",
+                "fair", "anes96", "mnist5k", "digits", "animal_mnist")
   c.noise = ("uniform:0.1", "uniform:0.2", "uniform:0.4", "pairwise:0.2")
   c.seeds = 5
   c.seed = 0                      # the first seed (seeds seed .. seed + seeds - 1)
@@ -41,7 +42,8 @@ def _runlocal(c):
 
 
 def _tables(c):
-  c.datasets = ("breast_cancer", "wine", "iris", "digits_table", "digits_parity")
+  c.datasets = ("breast_cancer", "wine", "iris", "digits_table", "digits_parity", "penguins",
+                "fair", "anes96")
 
 
 VARIANTS = {"runlocal": _runlocal, "tables": _tables}

@@ -27,6 +27,8 @@ _PROVIDERS = {
     "matplotlib": ("matplotlib", "experiments"),
     "tqdm": ("tqdm", "experiments"),
     "orbax": ("orbax-checkpoint", "experiments"),
+    "palmerpenguins": ("palmerpenguins", "benchmarks"),
+    "statsmodels": ("statsmodels", "benchmarks"),
     "selenium": ("selenium", "test"),
 }
 

@@ -105,3 +105,24 @@ def test_binary_runlocal(tmp_path):
        "--config=configs/detection_benchmark.py:runlocal", "--config.seeds=0",
        f"--workdir={tmp_path / 'bad'}"], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert bad.returncode != 0 and "seeds" in bad.stderr.strip().splitlines()[-1]
+
+
+def test_frame_tables_go_through_the_curate_table_reader():
+  """penguins (categorical island and sex one-hot, rows with a missing cell dropped), and the
+  binary fair and anes96 surveys: the 60% split, standardised like a curate table source."""
+  pd = pytest.importorskip("pandas")
+  pytest.importorskip("palmerpenguins")
+  pytest.importorskip("statsmodels")
+  shapes = {}
+  for name in db.FRAME_TABLES:
+    x, y, c = db.load_table(name)
+    df, label = db._frame(name)
+    assert x.dtype == np.float32 and x.shape[0] == len(y) == int(round(0.6 * len(df)))
+    assert c == df[label].nunique() and set(np.unique(y)) == set(range(c))
+    np.testing.assert_allclose(x[:, -1], 1.0)  # the bias column
+    np.testing.assert_allclose(x[:, :-1].mean(0), 0.0, atol=1e-5)
+    shapes[name] = (x.shape[1], c)
+  # penguins: 4 measurements + island (3) + sex (2) + bias; the surveys are binary.
+  assert shapes["penguins"] == (10, 3)
+  assert shapes["fair"][1] == shapes["anes96"][1] == 2
+  assert not pd.isna(db._frame("penguins")[0]).values.any()

@@ -20,19 +20,27 @@ arrays); images are EfficientNet-Lite0 features (`common.prepare_features`).
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 
 import ml_collections
 import numpy as np
 
 import diva_jax
+from diva_jax import _optional
 from diva_jax import data
 from diva_jax.curation import valuation
 from diva_jax.data import user_tables
 from diva_jax.runs.lib import common
 from diva_jax.runs.lib.common import ConfigError
 
-TABLES = ("breast_cancer", "wine", "iris", "digits_table", "digits_parity")
+SKLEARN_TABLES = ("breast_cancer", "wine", "iris", "digits_table", "digits_parity")
+# Tables with named (and categorical) columns, read through `user_tables.load_table` like a
+# user's CSV: palmerpenguins' species (rows with a missing cell dropped; island and sex
+# one-hot), statsmodels' fair (binary: any affair) and anes96 (binary: the 1996 vote).
+FRAME_TABLES = ("penguins", "fair", "anes96")
+TABLES = SKLEARN_TABLES + FRAME_TABLES
 IMAGES = ("mnist5k", "digits", "animal_mnist")
 METHODS = ("diva_default", "diva_plain", "loo_removal", "cleanlab_cv_logistic",
            "cleanlab_cv_hgb", "cleanlab_knn_shapley")
@@ -44,8 +52,28 @@ NOISE = ("uniform", "pairwise")
 tabular_features = user_tables.standardize_table
 
 
+def _frame(name: str):
+  """(a pandas DataFrame, its label column) of a FRAME_TABLES set."""
+  if name == "penguins":
+    penguins = _optional.require("palmerpenguins", "the penguins table")
+    return penguins.load_penguins().drop(columns=["year"]).dropna(), "species"
+  datasets = _optional.require("statsmodels.datasets", f"the {name} table")
+  df = getattr(datasets, name).load_pandas().data
+  if name == "fair":
+    return df.assign(affairs=(df["affairs"] > 0).astype(int)), "affairs"
+  return df, "vote"
+
+
 def load_table(name: str):
   """(features [n, d + 1] float32, labels, num_classes) of the 60% training split."""
+  if name in FRAME_TABLES:
+    df, label = _frame(name)
+    perm = np.random.default_rng(0).permutation(len(df))
+    with tempfile.TemporaryDirectory() as tmp:
+      path = os.path.join(tmp, f"{name}.csv")
+      df.iloc[perm[:int(round(0.6 * len(df)))]].to_csv(path, index=False)
+      table = user_tables.load_table(path, label_column=label)
+    return table.features, table.labels, len(table.class_names)
   from sklearn import datasets as skd
   loaders = {"breast_cancer": skd.load_breast_cancer, "wine": skd.load_wine,
              "iris": skd.load_iris, "digits_table": skd.load_digits,
