@@ -28,7 +28,8 @@ def get_config(arg=None):
   c.batch_size = 64
   c.loss = "ce"
   c.temperature = 0.3
-  c.detection_reg_multiplier = 10.0
+  c.detection_reg_multiplier = 0.0  # the derivative at reg x this; 0.0: the library's rule
+  c.outer = "weighted"           # the LOO loss's outer mean: weighted (default) | mean (paper)
   # Also flag at a multiplier chosen without test labels or noise mask
   # (diva_jax.choose_detection_reg): "" = off, "loo" (weighted exact LOO error against the
   # noisy labels of the refit after removal) or "cv" (k-fold CV of the whole procedure).

@@ -54,6 +54,7 @@ def validate(config) -> None:
     raise ConfigError(f"multiplier_grid must list numbers > 0, got {grid}.")
   common.check_int(config, "choice_folds", 2)
   common.check_choice(config, "choice_criterion", ("mse", "error"))
+  common.check_choice(config, "outer", diva_jax.loo.closed_form.OUTERS)
 
 
 def _setting_config(config, dataset, max_train):
@@ -86,7 +87,8 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
         t = common.one_hot(noisy, num_classes)
         issues = label_issues.find_label_issues(
             noisy, features=feats, num_classes=num_classes, loss=c.loss,
-            temperature=c.temperature, detection_reg_multiplier=common.detection_multiplier(c))
+            temperature=c.temperature, detection_reg_multiplier=common.detection_multiplier(c),
+            outer=c.outer)
         reg, d, k, auto = issues.reg, issues.derivative, issues.num_issues, issues.flagged
         f1 = lambda mask: diva_jax.detection_metrics(mask - 0.5, flipped).f1
         if not flipped.any():  # nothing to detect at this rate and n
