@@ -20,12 +20,14 @@ the kept samples, then the test error".
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple, Optional
 
 import numpy as np
 
 from diva_jax.curation import checks as cc
 from diva_jax.curation import detect as detection
+from diva_jax.curation import streamed_rule
 from diva_jax.loo import api as _loo
 from diva_jax.loo import checks as _checks
 from diva_jax.loo import reg as reg_selection
@@ -46,6 +48,7 @@ class LabelIssues(NamedTuple):
   ranking: np.ndarray            # [n] int: sample indices, most harmful first
   derivative: np.ndarray         # [n] dL_loo/dw_i at weight 1 (> 0: the sample hurts)
   loo_probs: np.ndarray          # [n, c] softmax(exact LOO predictions at reg / temperature)
+                                 # (None from the streamed rule with return_probs=False)
   suggested_labels: np.ndarray   # [n] int: argmax of the LOO predictions
   quality_scores: np.ndarray     # [n] LOO probability of the given label (low: suspicious)
   num_issues: int                # the estimated number of label issues (the auto threshold)
@@ -87,7 +90,8 @@ def find_label_issues(labels, *, features=None, kernel=None, num_classes: Option
                       loss: str = "ce", temperature: float = 0.3, reg: Optional[float] = None,
                       detection_reg_multiplier: Optional[float] = None, threshold: str = "auto",
                       eps: float = 0.0, distributed: bool = False,
-                      outer: str = "weighted") -> LabelIssues:
+                      outer: str = "weighted", block_size: Optional[int] = None,
+                      return_probs: bool = True, reg_rows: int = 32768) -> LabelIssues:
   """Finds the mislabelled (detrimental) samples of a labelled dataset by the default rule.
 
   Args:
@@ -111,6 +115,14 @@ def find_label_issues(labels, *, features=None, kernel=None, num_classes: Option
       sample weights, so the derivative holds each sample's own term (l_k - L) / n besides
       its effect on the others) or "mean" (the paper's derivative, no own term). The own
       term is what ranks mislabels on binary and low-dimensional data (docs/math.md).
+    block_size: rows per block of the streamed rule (`diva_jax.curation.streamed_rule`: one
+      eigendecomposition, three passes over the rows, the features never held whole). Used
+      when given, and always when `features` is a `.npy` path, an `np.memmap` or a block
+      source (`diva_jax.loo.streaming.ArraySource`, `FunctionSource`); default 8192 there.
+    return_probs: streamed rule only: False leaves `loo_probs` None (no [n, c] array kept).
+    reg_rows: streamed rule only: reg is the exact-LOO optimum on this many random rows
+      (every row when n <= reg_rows: then the same reg as in memory), each row's LOO
+      prediction from the whole fit.
 
   Returns:
     A `LabelIssues`.
@@ -120,6 +132,13 @@ def find_label_issues(labels, *, features=None, kernel=None, num_classes: Option
   """
   y, c = _check_labels(labels, num_classes)
   n = y.shape[0]
+  if features is not None and kernel is None and (
+      block_size is not None or streamed_rule.is_streamed_source(features)):
+    return _streamed(y, c, features, loss=loss, temperature=temperature, reg=reg,
+                     detection_reg_multiplier=detection_reg_multiplier, threshold=threshold,
+                     eps=eps, distributed=distributed, outer=outer,
+                     block_size=8192 if block_size is None else block_size,
+                     return_probs=return_probs, reg_rows=reg_rows)
   if (features is None) == (kernel is None):
     raise ValueError("Pass exactly one of features= ([n, d]) or kernel= ([n, n]); got "
                      f"{'both' if features is not None else 'neither'}.")
@@ -170,6 +189,46 @@ def find_label_issues(labels, *, features=None, kernel=None, num_classes: Option
       loo_probs=probs, suggested_labels=np.argmax(loo, 1), quality_scores=probs[np.arange(n), y],
       num_issues=int(num_issues), num_positive=int(np.sum(deriv > eps)), reg=float(reg),
       detection_reg=float(det_reg), loo_loss=float(value))
+
+
+def _streamed(y, c, features, *, loss, temperature, reg, detection_reg_multiplier, threshold,
+              eps, distributed, outer, block_size, return_probs, reg_rows) -> LabelIssues:
+  """`find_label_issues` on a streamed source: every argument checked before a pass."""
+  source = streamed_rule.as_block_source(features)
+  n = y.shape[0]
+  if int(source.num_rows) != n:
+    raise ValueError(f"features must have n = {n} rows (the length of labels), got "
+                     f"{int(source.num_rows)} rows of {int(source.num_features)} columns.")
+  cc.check_loss(loss, temperature)
+  temperature = cc.check_real("temperature", temperature, positive=True)
+  if reg is not None:
+    reg = cc.check_real("reg", reg, positive=True)
+  mult = (None if detection_reg_multiplier is None else
+          cc.check_real("detection_reg_multiplier", detection_reg_multiplier, positive=True))
+  if threshold not in THRESHOLDS:
+    raise ValueError(f"threshold must be one of {THRESHOLDS}, got {threshold!r}.")
+  eps = cc.check_real("eps", eps)
+  _checks.check_outer(outer)
+  block_size = cc.check_int("block_size", block_size, 1)
+  reg_rows = cc.check_int("reg_rows", reg_rows, 2)
+  if distributed:
+    raise ValueError("distributed=True is not available with streamed features yet: pass an "
+                     "in-memory array, or distributed=False.")
+  r = streamed_rule.streamed_label_issues(
+      y, c, source, loss=loss, temperature=temperature, reg=reg, mult=mult,
+      threshold=threshold, eps=eps, outer=outer, block_size=block_size, reg_rows=reg_rows,
+      return_probs=bool(return_probs), dtype=None, seed=0)
+  if r["at_edge"]:
+    warnings.warn(f"find_label_issues: the LOO loss is smallest at an edge of select_reg's "
+                  f"grid (reg = {r['reg']:.3g}); the best reg may lie outside it.",
+                  RuntimeWarning, stacklevel=3)
+  deriv = r["derivative"]
+  return LabelIssues(
+      flagged=r["flagged"], ranking=np.argsort(-deriv, kind="stable"), derivative=deriv,
+      loo_probs=r["probs"], suggested_labels=r["suggested"], quality_scores=r["quality"],
+      num_issues=int(r["num_issues"]), num_positive=int(np.sum(deriv > eps)),
+      reg=float(r["reg"]), detection_reg=float(r["detection_reg"]),
+      loo_loss=float(r["loo_loss"]))
 
 
 def refit_test_error(keep, labels, features, test_features, test_labels, *,

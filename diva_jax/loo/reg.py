@@ -87,9 +87,12 @@ def _cached_factor(x, form):
 
 
 @jax.jit(static_argnames=("loss",))
-def _grid_losses(p, s, targets, grid, temperature, loss):
+def _grid_losses(p, s, targets, grid, temperature, loss, pty=None):
+  """The LOO loss of the rows of p at each reg of grid; pty = V^T Z^T Y of the whole fit
+  (default: of these rows, i.e. the rows are the whole training set)."""
   n = targets.shape[0]
-  pty = cf.dot(p.T, targets)  # [r, c]
+  if pty is None:
+    pty = cf.dot(p.T, targets)  # [r, c]
   p2 = p * p
   mask = jnp.ones((n,), targets.dtype)
 
