@@ -23,7 +23,9 @@ Memory besides the source: O(d^2 + d c + block_size (d + c) + n) and, with
 `return_probs=True` only, the [n, c] float32 LOO probabilities. Nothing [n, c] is float64.
 The block products run in the compute dtype (float32 for float32 features); the float32
 accuracy bound of `diva_jax.loo.closed_form` is checked after pass 2, and a failing float32
-run is redone in float64 (passes 2 and 3 only) instead of returning a wrong number.
+run is redone in float64 (passes 2 and 3 only) instead of returning a wrong number, and where
+float64 fails it too (an interpolating fit: d >= n and a tiny reg, where only the in-memory
+dual form is exact) the call is refused.
 """
 
 from __future__ import annotations
@@ -207,9 +209,15 @@ def streamed_label_issues(y, c, source, *, loss, temperature, reg, mult, thresho
       ptg += p64.T @ g_t
       tick(2, stop, n)
     kappa = float((s.max() + reg) / (s.min() + reg))
-    if work == np.float32 and not cf.f32_bound(np, kappa, np.ones(1), np.array([min_omh])) \
-        <= cf.F32_TOL:
+    bound = cf.f32_bound(np, kappa, np.ones(1), np.array([min_omh]))
+    if work == np.float32 and not bound <= cf.F32_TOL:
       return None
+    if not bound * (np.finfo(np.float64).eps / np.finfo(np.float32).eps) <= cf.F32_TOL:
+      raise ValueError(
+          f"The streamed rule's primal form is not accurate at reg = {reg:.3g} "
+          f"(eps64 * kappa / min(1 - h) > {cf.F32_TOL:g}: the fit interpolates, d >= n or a "
+          "tiny reg): pass the features in memory (the dual form is exact there) or a "
+          "larger reg.")
     q = inv_det[:, None] * m_acc * inv_det[None, :]
     vv = inv_det[:, None] * ptg
     thresholds = np.divide(thr_sum, counts, out=np.full(c, np.inf), where=counts > 0)
