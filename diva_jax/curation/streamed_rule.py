@@ -123,10 +123,12 @@ def _gather(read, rows, n, bs):
 
 
 def _loo_at(p, inv, b, y1h):
-  """(LOO predictions [k, c] float64, 1 - h) of rows p = z V at one reg (inv = 1/(s+reg))."""
-  p = p.astype(np.float64, copy=False)
-  h = (p * p) @ inv
-  fitted = p @ (inv[:, None] * b)
+  """(LOO predictions [k, c] float64, 1 - h, fitted) of rows p = z V at one reg
+  (inv = 1/(s+reg)): the products in p's dtype, the leverages summed in float64."""
+  p64 = p.astype(np.float64)
+  h = (p64 * p64) @ inv
+  del p64
+  fitted = (p @ (inv[:, None] * b).astype(p.dtype)).astype(np.float64)
   omh = 1.0 - h
   return y1h + (fitted - y1h) / omh[:, None], omh, fitted
 
@@ -145,14 +147,18 @@ def streamed_label_issues(y, c, source, *, loss, temperature, reg, mult, thresho
   tick = progress or (lambda *a: None)
 
   # Pass 1: the Gram and the class sums; one eigendecomposition.
-  gram = np.zeros((d, d), np.float64)
+  from scipy.linalg import blas
+  syrk = blas.dsyrk
+  gram = np.zeros((d, d), np.float64, order="F")
   zty = np.zeros((c, d), np.float64)
   for start, stop in _blocks(n, bs):
     z = read(start, stop)
-    z64 = z.astype(np.float64)  # the Gram in float64, like select_reg's (its small
-    gram += z64.T @ z64          # eigenvalues set the LOO curve at small reg)
+    # The Gram in float64, like select_reg's (its small eigenvalues set the LOO curve at
+    # small reg): one ?syrk per block into the upper triangle.
+    gram = syrk(1.0, z.astype(np.float64), trans=1, beta=1.0, c=gram, overwrite_c=1, lower=0)
     zty += _class_sums(z, y[start:stop], c)
     tick(1, stop, n)
+  gram = np.triu(gram) + np.triu(gram, 1).T
   if not np.all(np.isfinite(gram)):
     raise ValueError(f"Z^T Z overflows {dtype}: rescale the features.")
   s, v = np.linalg.eigh(gram)
@@ -202,11 +208,10 @@ def streamed_label_issues(y, c, source, *, loss, temperature, reg, mult, thresho
       min_omh = min(min_omh, float(omh.min()), float(omh_fit.min()))
       val, g_t, u, per = cf.sample_terms(np, det - y1h, omh, y1h, np.ones(stop - start), n,
                                          temperature, loss)
-      p64 = p.astype(np.float64, copy=False)
       value += float(val)
       s_all[start:stop], u_all[start:stop], per_all[start:stop] = 1.0 - omh, u, per
-      m_acc += (p64 * u[:, None]).T @ p64
-      ptg += p64.T @ g_t
+      m_acc += (p * u[:, None].astype(work)).T @ p
+      ptg += p.T @ g_t.astype(work)
       tick(2, stop, n)
     kappa = float((s.max() + reg) / (s.min() + reg))
     bound = cf.f32_bound(np, kappa, np.ones(1), np.array([min_omh]))
@@ -218,8 +223,8 @@ def streamed_label_issues(y, c, source, *, loss, temperature, reg, mult, thresho
           f"(eps64 * kappa / min(1 - h) > {cf.F32_TOL:g}: the fit interpolates, d >= n or a "
           "tiny reg): pass the features in memory (the dual form is exact there) or a "
           "larger reg.")
-    q = inv_det[:, None] * m_acc * inv_det[None, :]
-    vv = inv_det[:, None] * ptg
+    q_w = (inv_det[:, None] * m_acc * inv_det[None, :]).astype(work)
+    vv_w = (inv_det[:, None] * ptg).astype(work)
     thresholds = np.divide(thr_sum, counts, out=np.full(c, np.inf), where=counts > 0)
     deriv = np.empty(n, np.float32)
     joint = np.zeros((c, c))
@@ -227,15 +232,15 @@ def streamed_label_issues(y, c, source, *, loss, temperature, reg, mult, thresho
     suggested = np.empty(n, np.int64)
     probs_all = np.empty((n, c), np.float32) if return_probs else None
     for start, stop in _blocks(n, bs):
-      p = (read(start, stop).astype(work, copy=False) @ vw).astype(np.float64)
+      p = read(start, stop).astype(work, copy=False) @ vw
       yb = y[start:stop]
       y1h = np.eye(c)[yb]
       loo, _, _ = _loo_at(p, inv_fit, b, y1h)
       probs = detection.loo_probabilities(loo, temperature)
-      fitted = p @ (inv_det[:, None] * b)
+      fitted = (p @ (inv_det[:, None] * b).astype(work)).astype(np.float64)
       sl = slice(start, stop)
-      g = cf.gradient(np, y1h - fitted, p @ vv, u_all[sl], s_all[sl],
-                      np.einsum("kj,kj->k", p @ q, p))
+      g = cf.gradient(np, y1h - fitted, (p @ vv_w).astype(np.float64), u_all[sl], s_all[sl],
+                      np.einsum("kj,kj->k", p @ q_w, p).astype(np.float64))
       if outer == "weighted":
         g = g + cf.self_term(1.0, per_all[sl], value, n)
       deriv[sl] = g
