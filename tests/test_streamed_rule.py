@@ -175,3 +175,10 @@ def test_memory_stays_far_below_one_n_by_c_float64_array(tmp_path):
   peak, _, dtype = out.stdout.split()
   assert int(peak) < 20e6, f"traced peak {int(peak) / 1e6:.1f} MB"
   assert dtype == "float32"
+
+
+def test_squared_error_loss_and_a_given_reg_stream_like_in_memory():
+  x, y = _problem(n=240, d=9, c=4, seed=7)
+  for kw in (dict(loss="mse"), dict(loss="mse", reg=0.05), dict(temperature=1.0, reg=2.0)):
+    _same(diva_jax.find_label_issues(y, features=x, **kw),
+          diva_jax.find_label_issues(y, features=x, block_size=23, **kw), 1e-7)
