@@ -78,8 +78,9 @@ def auto_reg_multiplier(dof: float, n: int) -> float:
   """The default detection-reg multiplier: clip(100 dof / n, 1, 10).
 
   dof / n is the fit's mean leverage at the exact-LOO reg (`select_reg`,
-  `diva_jax.loo.reg.degrees_of_freedom`). Measured on 8 tables, 2 embedding sets and synthetic embeddings at 4
-  noise settings (docs/studies.md, "The detection reg"): embeddings (dof / n 0.09-0.35) rank
+  `diva_jax.loo.reg.degrees_of_freedom`). Measured on 8 tables, 2 embedding sets and
+  synthetic embeddings at 4 noise settings (docs/studies.md, "The detection reg"): embeddings
+  (dof / n 0.09-0.35) rank
   mislabels best at 10 x reg, tables with few columns (dof / n 0.001-0.1) at 1-3 x reg; the
   rule needs no noise mask and takes each kind's best fixed value.
   """
