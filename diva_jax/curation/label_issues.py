@@ -87,6 +87,21 @@ def auto_reg_multiplier(dof: float, n: int) -> float:
   return float(min(10.0, max(1.0, 100.0 * float(dof) / max(int(n), 1))))
 
 
+def _check_rule_args(loss, temperature, reg, detection_reg_multiplier, threshold, eps, outer):
+  """The rule's scalar arguments, checked (in memory and streamed alike):
+  (temperature, reg or None, multiplier or None, eps)."""
+  cc.check_loss(loss, temperature)
+  temperature = cc.check_real("temperature", temperature, positive=True)
+  if reg is not None:
+    reg = cc.check_real("reg", reg, positive=True)
+  mult = (None if detection_reg_multiplier is None else
+          cc.check_real("detection_reg_multiplier", detection_reg_multiplier, positive=True))
+  if threshold not in THRESHOLDS:
+    raise ValueError(f"threshold must be one of {THRESHOLDS}, got {threshold!r}.")
+  _checks.check_outer(outer)
+  return temperature, reg, mult, cc.check_real("eps", eps)
+
+
 def find_label_issues(labels, *, features=None, kernel=None, num_classes: Optional[int] = None,
                       loss: str = "ce", temperature: float = 0.3, reg: Optional[float] = None,
                       detection_reg_multiplier: Optional[float] = None, threshold: str = "auto",
@@ -150,16 +165,8 @@ def find_label_issues(labels, *, features=None, kernel=None, num_classes: Option
     want = "[n, d]" if kernel is None else f"[n, n] = ({n}, {n})"
     raise ValueError(f"{'features' if kernel is None else 'kernel'} must have shape {want} "
                      f"with n = {n} (the length of labels), got shape {data.shape}.")
-  cc.check_loss(loss, temperature)
-  temperature = cc.check_real("temperature", temperature, positive=True)
-  if reg is not None:
-    reg = cc.check_real("reg", reg, positive=True)
-  mult = (None if detection_reg_multiplier is None else
-          cc.check_real("detection_reg_multiplier", detection_reg_multiplier, positive=True))
-  if threshold not in THRESHOLDS:
-    raise ValueError(f"threshold must be one of {THRESHOLDS}, got {threshold!r}.")
-  eps = cc.check_real("eps", eps)
-  _checks.check_outer(outer)
+  temperature, reg, mult, eps = _check_rule_args(loss, temperature, reg,
+                                                 detection_reg_multiplier, threshold, eps, outer)
   if distributed and kernel is not None:
     raise ValueError("distributed=True shards feature rows; pass features=, not kernel=.")
 
@@ -200,16 +207,8 @@ def _streamed(y, c, features, *, loss, temperature, reg, detection_reg_multiplie
   if int(source.num_rows) != n:
     raise ValueError(f"features must have n = {n} rows (the length of labels), got "
                      f"{int(source.num_rows)} rows of {int(source.num_features)} columns.")
-  cc.check_loss(loss, temperature)
-  temperature = cc.check_real("temperature", temperature, positive=True)
-  if reg is not None:
-    reg = cc.check_real("reg", reg, positive=True)
-  mult = (None if detection_reg_multiplier is None else
-          cc.check_real("detection_reg_multiplier", detection_reg_multiplier, positive=True))
-  if threshold not in THRESHOLDS:
-    raise ValueError(f"threshold must be one of {THRESHOLDS}, got {threshold!r}.")
-  eps = cc.check_real("eps", eps)
-  _checks.check_outer(outer)
+  temperature, reg, mult, eps = _check_rule_args(loss, temperature, reg,
+                                                 detection_reg_multiplier, threshold, eps, outer)
   block_size = cc.check_int("block_size", block_size, 1)
   reg_rows = cc.check_int("reg_rows", reg_rows, 2)
   if distributed:

@@ -112,16 +112,6 @@ def _class_sums(z, y, c):
   return out
 
 
-def _gather(read, rows, n, bs):
-  """The rows (sorted indices) of the source, float64, read block by block."""
-  parts = []
-  for start, stop in _blocks(n, bs):
-    sel = rows[(rows >= start) & (rows < stop)]
-    if sel.size:
-      parts.append(read(start, stop)[sel - start].astype(np.float64))
-  return np.concatenate(parts)
-
-
 def _loo_at(p, inv, b, y1h):
   """(LOO predictions [k, c] float64, 1 - h, fitted) of rows p = z V at one reg
   (inv = 1/(s+reg)): the products in p's dtype, the leverages summed in float64."""
@@ -151,12 +141,20 @@ def streamed_label_issues(y, c, source, *, loss, temperature, reg, mult, thresho
   syrk = blas.dsyrk
   gram = np.zeros((d, d), np.float64, order="F")
   zty = np.zeros((c, d), np.float64)
+  # The rows whose exact LOO loss chooses reg, kept (float64) as pass 1 reads them.
+  rows = (None if reg is not None else np.arange(n) if n <= reg_rows else
+          np.sort(np.random.default_rng(seed).choice(n, reg_rows, replace=False)))
+  kept = []
   for start, stop in _blocks(n, bs):
     z = read(start, stop)
     # The Gram in float64, like select_reg's (its small eigenvalues set the LOO curve at
     # small reg): one ?syrk per block into the upper triangle.
     gram = syrk(1.0, z.astype(np.float64), trans=1, beta=1.0, c=gram, overwrite_c=1, lower=0)
     zty += _class_sums(z, y[start:stop], c)
+    if rows is not None:
+      sel = rows[(rows >= start) & (rows < stop)]
+      if sel.size:
+        kept.append(z[sel - start].astype(np.float64))
     tick(1, stop, n)
   gram = np.triu(gram) + np.triu(gram, 1).T
   if not np.all(np.isfinite(gram)):
@@ -171,9 +169,8 @@ def streamed_label_issues(y, c, source, *, loss, temperature, reg, mult, thresho
   # reg: the exact LOO loss of a fixed row subset, each row's LOO prediction from the whole fit.
   at_edge = False
   if reg is None:
-    rows = (np.arange(n) if n <= reg_rows else
-            np.sort(np.random.default_rng(seed).choice(n, reg_rows, replace=False)))
-    p_sub = _gather(read, rows, n, bs) @ v
+    p_sub = np.concatenate(kept) @ v
+    del kept
     grid = np.logspace(-6, 3, 46) * scale
     with jax.enable_x64(True):
       losses = np.asarray(reg_selection._grid_losses(
