@@ -40,6 +40,7 @@ __all__ = [
     "BlockSource",
     "ArraySource",
     "FunctionSource",
+    "NpyFileSource",
     "npy_source",
     "streamed_loo_loss_and_derivative",
 ]
@@ -88,11 +89,65 @@ class FunctionSource:
     return self.fn(start, stop)
 
 
-def npy_source(path: str | os.PathLike) -> ArraySource:
-  """A `.npy` file of shape [n, d], memory-mapped (read block by block, never whole)."""
+class NpyFileSource:
+  """A C-ordered `.npy` file [n, d] read block by block with plain file reads: unlike a
+  memory map, the pages read do not stay in the process (its resident memory stays
+  O(block), whatever the file's size)."""
+
+  def __init__(self, path: str | os.PathLike):
+    self.path = os.fspath(path)
+    with open(self.path, "rb") as f:
+      version = np.lib.format.read_magic(f)
+      read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
+                     np.lib.format.read_array_header_2_0)
+      shape, fortran, dtype = read_header(f)
+      self._offset = f.tell()
+    if len(shape) != 2:
+      raise ValueError(f"{self.path}: expected a 2-D [n, d] array, got shape {shape}.")
+    if fortran or dtype.hasobject:
+      raise ValueError(f"{self.path}: a C-ordered numeric array is needed for file reads.")
+    self.shape, self._dtype = tuple(int(v) for v in shape), np.dtype(dtype)
+    expected = self._offset + self.shape[0] * self.shape[1] * self._dtype.itemsize
+    if os.path.getsize(self.path) < expected:
+      raise ValueError(f"{self.path}: the file is truncated ({os.path.getsize(self.path)} "
+                       f"bytes, its header says shape {self.shape} needs {expected}).")
+
+  @property
+  def num_rows(self) -> int:
+    return self.shape[0]
+
+  @property
+  def num_features(self) -> int:
+    return self.shape[1]
+
+  @property
+  def dtype(self):
+    return self._dtype
+
+  def read(self, start: int, stop: int):
+    start, stop = max(0, int(start)), min(int(stop), self.shape[0])
+    out = np.empty((max(stop - start, 0), self.shape[1]), self._dtype)
+    row = self.shape[1] * self._dtype.itemsize
+    with open(self.path, "rb", buffering=0) as f:
+      f.seek(self._offset + start * row)
+      view, got = memoryview(out).cast("B"), 0
+      while got < out.nbytes:
+        k = f.readinto(view[got:])
+        if not k:
+          raise ValueError(f"{self.path}: unexpected end of file at row {start}.")
+        got += k
+    return out
+
+
+def npy_source(path: str | os.PathLike):
+  """A `.npy` file of shape [n, d], read block by block, never whole: by file reads
+  (`NpyFileSource`) when it is C-ordered, else memory-mapped (`ArraySource`)."""
   arr = np.load(path, mmap_mode="r")
   if arr.ndim != 2:
     raise ValueError(f"{path}: expected a 2-D [n, d] array, got shape {arr.shape}.")
+  if arr.flags.c_contiguous and not arr.dtype.hasobject:
+    del arr
+    return NpyFileSource(path)
   return ArraySource(arr)
 
 
