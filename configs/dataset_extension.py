@@ -14,8 +14,8 @@ Variants (comma-separated, they combine): `:runlocal`, `:digits`, `:pixels`, `:j
 
 import ml_collections
 
-from diva_jax.runs.lib import variants
-from diva_jax.runs.lib.variants import apply_variants
+from diva_jax.app import variants
+from diva_jax.app.variants import apply_variants
 
 
 def get_config(arg=None):

@@ -14,7 +14,7 @@ the tables only (no feature extraction).
 
 import ml_collections
 
-from diva_jax.runs.lib.variants import apply_variants
+from diva_jax.app.variants import apply_variants
 
 
 def get_config(arg=None):

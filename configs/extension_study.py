@@ -14,7 +14,7 @@ with a negative group derivative (clean and shuffled, never the noisy one) 8.8%.
 
 import ml_collections
 
-from diva_jax.runs.lib.variants import apply_variants
+from diva_jax.app.variants import apply_variants
 
 
 def get_config(arg=None):

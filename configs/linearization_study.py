@@ -19,7 +19,7 @@ std of last-layer features except the head on digits (7.87 -> 5.47%).
 
 import ml_collections
 
-from diva_jax.runs.lib.variants import apply_variants
+from diva_jax.app.variants import apply_variants
 
 
 def get_config(arg=None):

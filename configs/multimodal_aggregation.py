@@ -23,7 +23,7 @@ step: core 1.20, sklearn digits 0.95, printed digits 0.96.
 
 import ml_collections
 
-from diva_jax.runs.lib.variants import apply_variants
+from diva_jax.app.variants import apply_variants
 
 
 def get_config(arg=None):

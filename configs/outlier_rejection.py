@@ -19,8 +19,8 @@ reweighting steps, 6.30% after removing the flagged samples (removing exactly th
 
 import ml_collections
 
-from diva_jax.runs.lib import variants
-from diva_jax.runs.lib.variants import apply_variants
+from diva_jax.app import variants
+from diva_jax.app.variants import apply_variants
 
 
 def get_config(arg=None):

@@ -14,7 +14,7 @@ the RBF head has the best F1 (0.941 / 0.958 against 0.926 / 0.940; shifted views
 
 import ml_collections
 
-from diva_jax.runs.lib.variants import apply_variants
+from diva_jax.app.variants import apply_variants
 
 
 def get_config(arg=None):

@@ -15,7 +15,7 @@ gains 2.2 points on noisy MNIST-5k 20/class but costs up to +1.8 on clean data.
 
 import ml_collections
 
-from diva_jax.runs.lib.variants import apply_variants
+from diva_jax.app.variants import apply_variants
 
 
 def get_config(arg=None):

@@ -5,13 +5,13 @@ r"""The default label-issue rule at scale (docs/results.md, "The default rule at
 Synthetic class-mean-plus-noise embeddings at d = 1,280 (a 1,281st column of ones), 20%
 uniform flips, n from 4,000 to 256,000 and c = 10 / 100 / 1,000, written to .npy files in
 the workdir; each contender in a fresh process on the file (see
-diva_jax/runs/benchmarks/rule_benchmark.py). `:runlocal`: n = 4,000 and 16,000 at d = 64,
-about a minute.
+experiments/benchmarks/rule_benchmark.py). `:runlocal`: n = 4,000 and 16,000 at d = 64,
+about a minute. `:imagenet`: n = 1.28 M, c = 1,000 against the Gram alone.
 """
 
 import ml_collections
 
-from diva_jax.runs.lib.variants import apply_variants
+from diva_jax.app.variants import apply_variants
 
 
 def get_config(arg=None):
@@ -34,4 +34,10 @@ def _runlocal(c):
   c.sizes, c.dim, c.signal = ("4000:10", "16000:10"), 64, 0.3
 
 
-VARIANTS = {"runlocal": _runlocal}
+def _imagenet(c):
+  # ImageNet's shape: 1.28 M rows, d = 1,280, c = 1,000 (a 6.6 GB float32 .npy); the peers
+  # that hold the features in memory or train 5 folds are not run at this size.
+  c.sizes, c.contenders = ("1280000:1000",), ("gram", "streamed_rule")
+
+
+VARIANTS = {"runlocal": _runlocal, "imagenet": _imagenet}

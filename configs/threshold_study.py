@@ -13,7 +13,7 @@ ones (the target: within 0.3 points), 20% noise only:
 
 import ml_collections
 
-from diva_jax.runs.lib.variants import apply_variants
+from diva_jax.app.variants import apply_variants
 
 
 def get_config(arg=None):

@@ -1,5 +1,5 @@
 r"""DIVA in the training loop against plain training, one-shot curation, generalized
-cross-entropy and the oracles (diva_jax/runs/studies/train_with_diva.py).
+cross-entropy and the oracles (experiments/studies/train_with_diva.py).
 
   python -m experiments.train_with_diva --workdir=/tmp/diva/train_with_diva
 
@@ -17,7 +17,7 @@ several hosts: one process each, with the `--coordinator_address`, `--num_proces
 
 import ml_collections
 
-from diva_jax.runs.lib.variants import apply_variants
+from diva_jax.app.variants import apply_variants
 
 
 def get_config(arg=None):
@@ -44,18 +44,14 @@ def get_config(arg=None):
   c.temperature = 0.3            # the LOO cross-entropy's temperature
   c.gce_q = 0.7                  # generalized cross-entropy (Zhang & Sabuncu 2018 default)
   c.plots = True
-  # Features (as in the other binaries).
-  c.dataset = "mnist5k"
+  # Features (as in the other binaries; the datasets, sizes and noise are `settings` and
+  # `noise` above).
   c.data_dir = ""
   c.cache_dir = ""
   c.backbone = "efficientnet_lite0"
   c.image_size = 96
   c.batch_size = 64
-  c.max_train = 0
   c.max_test = 0
-  c.linearize = "last_layer"
-  c.noise_type = "uniform"
-  c.noise_rate = 0.2
   c.seed = 0                     # the first seed: seeds seed .. seed + seeds - 1
   return apply_variants(c, arg, VARIANTS)
 

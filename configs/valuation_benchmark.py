@@ -17,7 +17,7 @@ method needs as n grows (MNIST-5k features), for the largest n each values in 10
 
 import ml_collections
 
-from diva_jax.runs.lib.variants import apply_variants
+from diva_jax.app.variants import apply_variants
 
 
 def get_config(arg=None):
@@ -43,7 +43,7 @@ def get_config(arg=None):
   c.backbone = "efficientnet_lite0"
   c.image_size = 96
   c.batch_size = 64
-  c.seed = 0
+  c.seed = 0                     # the first seed: seeds seed .. seed + seeds - 1
   return apply_variants(c, arg, VARIANTS)
 
 

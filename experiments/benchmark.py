@@ -1,4 +1,4 @@
-r"""Benchmark: LOO value + dataset derivative against its peers (diva_jax/runs/benchmarks/benchmark.py).
+r"""Benchmark: LOO value + dataset derivative against its peers (experiments/benchmarks/benchmark.py).
 
 Each contender is timed alone, in a fresh process by default (--isolation=pause: one after
 another in this process, with a --pause_s sleep between them); --round_robin also records
@@ -16,7 +16,7 @@ for a figure that only it determines.
 from absl import app
 from absl import flags
 
-from diva_jax.runs.benchmarks import benchmark
+from experiments.benchmarks import benchmark
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where benchmark.json is written.",
                                required=True)

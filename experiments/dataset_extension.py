@@ -6,14 +6,9 @@ whole pool.
       --workdir=/tmp/diva/extension_local
 """
 
-import os
-
-from diva_jax.runs.lib import cli
-from diva_jax.runs.paper import dataset_extension
-
-# The default config, found from any working directory (not relative to the cwd).
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "configs", "dataset_extension.py")
+from configs import dataset_extension as default_config
+from diva_jax.app import cli
+from experiments.paper import dataset_extension
 
 if __name__ == "__main__":
-  cli.define_and_run(DEFAULT_CONFIG, dataset_extension.run)
+  cli.define_and_run(default_config.__file__, dataset_extension.run)

@@ -6,13 +6,9 @@ against the paper's derivative, loo_removal_effect and cleanlab (configs/detecti
       --config=configs/detection_benchmark.py:runlocal --workdir=/tmp/diva/detection_local
 """
 
-import os
-
-from diva_jax.runs.lib import cli
-from diva_jax.runs.benchmarks import detection_benchmark
-
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "configs", "detection_benchmark.py")
+from configs import detection_benchmark as default_config
+from diva_jax.app import cli
+from experiments.benchmarks import detection_benchmark
 
 if __name__ == "__main__":
-  cli.define_and_run(DEFAULT_CONFIG, detection_benchmark.run)
+  cli.define_and_run(default_config.__file__, detection_benchmark.run)

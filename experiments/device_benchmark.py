@@ -1,4 +1,4 @@
-r"""Accelerator benchmark (diva_jax/runs/benchmarks/device_benchmark.py): matrix rate, images/s, and the
+r"""Accelerator benchmark (experiments/benchmarks/device_benchmark.py): matrix rate, images/s, and the
 derivative's time against the matrix rate.
 
   python -m experiments.device_benchmark --workdir=/tmp/diva/device
@@ -11,7 +11,7 @@ import json
 from absl import app
 from absl import flags
 
-from diva_jax.runs.benchmarks import device_benchmark
+from experiments.benchmarks import device_benchmark
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
 _MATMUL_M = flags.DEFINE_integer("matmul_m", 8192, "Square matmul size.")

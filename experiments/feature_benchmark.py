@@ -1,5 +1,5 @@
 r"""EfficientNet-Lite0 feature extraction: throughput and linear separability
-(diva_jax/runs/benchmarks/feature_benchmark.py): images/s at each ``--throughput_sizes`` resolution, and
+(experiments/benchmarks/feature_benchmark.py): images/s at each ``--throughput_sizes`` resolution, and
 the test accuracy of a ridge head (``RidgeClassifierCV``, alpha by LOO) on the features at
 ``--feature_size`` vs on raw pixels, for each of ``--datasets``.
 
@@ -14,7 +14,7 @@ Run (2 CPU cores: about 2 minutes)::
 from absl import app
 from absl import flags
 
-from diva_jax.runs.benchmarks import feature_benchmark
+from experiments.benchmarks import feature_benchmark
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory (default TFDS's).")

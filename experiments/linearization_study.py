@@ -3,13 +3,9 @@ r"""What linearising more of the backbone buys (the linearisation table in docs/
   python -m experiments.linearization_study --workdir=/tmp/diva/linearization
 """
 
-import os
-
-from diva_jax.runs.lib import cli
-from diva_jax.runs.studies import linearization_study
-
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "configs", "linearization_study.py")
+from configs import linearization_study as default_config
+from diva_jax.app import cli
+from experiments.studies import linearization_study
 
 if __name__ == "__main__":
-  cli.define_and_run(DEFAULT_CONFIG, linearization_study.run)
+  cli.define_and_run(default_config.__file__, linearization_study.run)

@@ -5,14 +5,9 @@ r"""Multi-modal aggregation with the dataset derivative.
       --config=configs/multimodal_aggregation.py:runlocal --workdir=/tmp/diva/multimodal_local
 """
 
-import os
-
-from diva_jax.runs.lib import cli
-from diva_jax.runs.paper import multimodal_aggregation
-
-# The default config, found from any working directory (not relative to the cwd).
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "configs", "multimodal_aggregation.py")
+from configs import multimodal_aggregation as default_config
+from diva_jax.app import cli
+from experiments.paper import multimodal_aggregation
 
 if __name__ == "__main__":
-  cli.define_and_run(DEFAULT_CONFIG, multimodal_aggregation.run)
+  cli.define_and_run(default_config.__file__, multimodal_aggregation.run)

@@ -1,5 +1,5 @@
 r"""Kernel-build benchmark: throughput and peak memory of each NTK implementation
-(diva_jax/runs/benchmarks/ntk_benchmark.py) against the hand-written jacrev baseline, traced NTK, float64.
+(experiments/benchmarks/ntk_benchmark.py) against the hand-written jacrev baseline, traced NTK, float64.
 
 Run (CPU, about 5 minutes on 2 cores; the MLP is also benchmarked as a plain JAX
 function and as an nnx module):
@@ -18,7 +18,7 @@ Results are written to WORKDIR/ntk_benchmark.json and printed as a table.
 from absl import app
 from absl import flags
 
-from diva_jax.runs.benchmarks import ntk_benchmark
+from experiments.benchmarks import ntk_benchmark
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where to write ntk_benchmark.json.",
                                required=True)

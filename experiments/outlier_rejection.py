@@ -7,14 +7,9 @@ r"""Outlier / mislabel rejection with the dataset derivative (and reweighting).
 See configs/outlier_rejection.py for the options and expected numbers.
 """
 
-import os
-
-from diva_jax.runs.lib import cli
-from diva_jax.runs.paper import outlier_rejection
-
-# The default config, found from any working directory (not relative to the cwd).
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "configs", "outlier_rejection.py")
+from configs import outlier_rejection as default_config
+from diva_jax.app import cli
+from experiments.paper import outlier_rejection
 
 if __name__ == "__main__":
-  cli.define_and_run(DEFAULT_CONFIG, outlier_rejection.run)
+  cli.define_and_run(default_config.__file__, outlier_rejection.run)

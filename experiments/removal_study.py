@@ -4,13 +4,9 @@ against the default and random errors (the removal table in docs/).
   python -m experiments.removal_study --workdir=/tmp/diva/removal
 """
 
-import os
-
-from diva_jax.runs.lib import cli
-from diva_jax.runs.studies import removal_study
-
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "configs", "removal_study.py")
+from configs import removal_study as default_config
+from diva_jax.app import cli
+from experiments.studies import removal_study
 
 if __name__ == "__main__":
-  cli.define_and_run(DEFAULT_CONFIG, removal_study.run)
+  cli.define_and_run(default_config.__file__, removal_study.run)

@@ -3,13 +3,9 @@ r"""Reweighting rules against a random reweighting of the same spread (docs/stud
   python -m experiments.reweight_study --workdir=/tmp/diva/reweight
 """
 
-import os
-
-from diva_jax.runs.lib import cli
-from diva_jax.runs.studies import reweight_study
-
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "configs", "reweight_study.py")
+from configs import reweight_study as default_config
+from diva_jax.app import cli
+from experiments.studies import reweight_study
 
 if __name__ == "__main__":
-  cli.define_and_run(DEFAULT_CONFIG, reweight_study.run)
+  cli.define_and_run(default_config.__file__, reweight_study.run)

@@ -6,13 +6,9 @@ RidgeCV and cleanlab's 5-fold pipeline (configs/rule_benchmark.py).
       --workdir=/tmp/diva/rule_benchmark_local
 """
 
-import os
-
-from diva_jax.runs.lib import cli
-from diva_jax.runs.benchmarks import rule_benchmark
-
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "configs", "rule_benchmark.py")
+from configs import rule_benchmark as default_config
+from diva_jax.app import cli
+from experiments.benchmarks import rule_benchmark
 
 if __name__ == "__main__":
-  cli.define_and_run(DEFAULT_CONFIG, rule_benchmark.run)
+  cli.define_and_run(default_config.__file__, rule_benchmark.run)

@@ -4,7 +4,7 @@ r"""Scale-out benchmark: 1 process x all cores vs P processes x 1 core (loopback
 
 Feature extraction of the main job's images (MNIST-5k train, EfficientNet-Lite0 at 96 px)
 and the whole `:runlocal` outlier rejection, each as fresh processes; writes
-scaling_benchmark.json (see diva_jax/runs/benchmarks/scaling_benchmark.py).
+scaling_benchmark.json (see experiments/benchmarks/scaling_benchmark.py).
 """
 
 import json
@@ -12,7 +12,7 @@ import json
 from absl import app
 from absl import flags
 
-from diva_jax.runs.benchmarks import scaling_benchmark
+from experiments.benchmarks import scaling_benchmark
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
 _DATASET = flags.DEFINE_string("dataset", "mnist5k", "Dataset whose images are embedded.")

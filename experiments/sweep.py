@@ -20,9 +20,9 @@ import json
 from absl import app
 from absl import flags
 
-from diva_jax.runs.lib import cli
-from diva_jax.runs.lib import common
-from diva_jax.runs.lib import sweep
+from diva_jax.app import cli
+from diva_jax.app import common
+from experiments.lib import sweep
 
 _CONFIG = flags.DEFINE_string("config", None, "Config file (with get_hyper), optionally :variant.",
                               required=True)

@@ -3,13 +3,9 @@ r"""The automatic threshold against the sign rule (the threshold table in docs/)
   python -m experiments.threshold_study --workdir=/tmp/diva/threshold
 """
 
-import os
-
-from diva_jax.runs.lib import cli
-from diva_jax.runs.studies import threshold_study
-
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "configs", "threshold_study.py")
+from configs import threshold_study as default_config
+from diva_jax.app import cli
+from experiments.studies import threshold_study
 
 if __name__ == "__main__":
-  cli.define_and_run(DEFAULT_CONFIG, threshold_study.run)
+  cli.define_and_run(default_config.__file__, threshold_study.run)

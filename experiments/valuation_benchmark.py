@@ -4,13 +4,9 @@ table in docs/).
   python -m experiments.valuation_benchmark --workdir=/tmp/diva/valuation
 """
 
-import os
-
-from diva_jax.runs.lib import cli
-from diva_jax.runs.benchmarks import valuation_benchmark
-
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "configs", "valuation_benchmark.py")
+from configs import valuation_benchmark as default_config
+from diva_jax.app import cli
+from experiments.benchmarks import valuation_benchmark
 
 if __name__ == "__main__":
-  cli.define_and_run(DEFAULT_CONFIG, valuation_benchmark.run)
+  cli.define_and_run(default_config.__file__, valuation_benchmark.run)

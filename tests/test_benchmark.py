@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from diva_jax import models
-from diva_jax.runs.benchmarks import benchmark
-from diva_jax.runs.benchmarks import feature_benchmark
-from diva_jax.runs.benchmarks import ntk_benchmark
+from experiments.benchmarks import benchmark
+from experiments.benchmarks import feature_benchmark
+from experiments.benchmarks import ntk_benchmark
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(sizes=(120,), d=12, c=3, repeats=2, brute_force_refits=2, dual_sizes=(80,),

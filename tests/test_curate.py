@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 import diva_jax
-from diva_jax.runs.paper import curate
-from diva_jax.runs.lib.config_checks import ConfigMismatchError
-from diva_jax.runs.lib.errors import ConfigError
+from diva_jax.app import curate
+from diva_jax.app.config_checks import ConfigMismatchError
+from diva_jax.app.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,4 @@
-"""The detection benchmark across kinds of data (diva_jax/runs/benchmarks/detection_benchmark.py):
+"""The detection benchmark across kinds of data (experiments/benchmarks/detection_benchmark.py):
 its `:runlocal`, the default rule's own-sample term on a binary table, resume, bad configs."""
 
 import importlib.util
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import diva_jax
-from diva_jax.runs.benchmarks import detection_benchmark as db
-from diva_jax.runs.lib.common import ConfigError
+from experiments.benchmarks import detection_benchmark as db
+from diva_jax.app.common import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -7,8 +7,8 @@ import pytest
 
 import configs.outlier_rejection
 from diva_jax.data import augment
-from diva_jax.runs.lib import common
-from diva_jax.runs.paper import outlier_rejection
+from diva_jax.app import common
+from experiments.paper import outlier_rejection
 
 
 def test_shift_images_by_hand():

@@ -58,7 +58,7 @@ def test_readme_quickstart_runs_without_any_extra_and_prints_what_the_readme_sho
 
 @pytest.mark.parametrize("code, extra", [
     ("import diva_jax.data", "data"),
-    ("import diva_jax.runs", "experiments"),
+    ("import diva_jax.app", "experiments"),
     ("from diva_jax.models import efficientnet; efficientnet.pretrained_weights_path()", "models"),
 ])
 def test_a_missing_extra_is_one_line_naming_it(code, extra):

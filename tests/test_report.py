@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from diva_jax.runs.lib import report
+from diva_jax.app import report
 
 EVIL_CLASS = "<b>&amp; bold</b>"
 CHROMIUM = "/usr/bin/chromium"

@@ -1,4 +1,4 @@
-"""The scale benchmark of the default rule (diva_jax/runs/benchmarks/rule_benchmark.py): the
+"""The scale benchmark of the default rule (experiments/benchmarks/rule_benchmark.py): the
 streamed and in-memory rules agree on its file, the synthetic file is what it says, resume,
 bad configs refused before anything is written."""
 
@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from diva_jax.runs.benchmarks import rule_benchmark as rb
-from diva_jax.runs.lib.common import ConfigError
+from experiments.benchmarks import rule_benchmark as rb
+from diva_jax.app.common import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

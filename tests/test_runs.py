@@ -15,11 +15,11 @@ import pytest
 import configs.dataset_extension
 import configs.multimodal_aggregation
 import configs.outlier_rejection
-from diva_jax.runs.lib import common
-from diva_jax.runs.paper import dataset_extension
-from diva_jax.runs.lib import hyper
-from diva_jax.runs.paper import multimodal_aggregation
-from diva_jax.runs.paper import outlier_rejection
+from diva_jax.app import common
+from experiments.paper import dataset_extension
+from experiments.lib import hyper
+from experiments.paper import multimodal_aggregation
+from experiments.paper import outlier_rejection
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -275,7 +275,7 @@ def test_get_hyper_expands_to_runs():
 
 @pytest.mark.slow
 def test_sweep_runs_each_point_and_skips_finished_ones(shared_dirs, tmp_path):
-  from diva_jax.runs.lib import sweep
+  from experiments.lib import sweep
   cfg_file = tmp_path / "tiny_sweep.py"
   cfg_file.write_text(
       "import configs.outlier_rejection as base\n"
@@ -377,7 +377,7 @@ def test_outlier_rejection_everything_flagged_no_refit(shared_dirs, tmp_path):
 
 def test_reg_is_a_float_field(shared_dirs, tmp_path):
   """Reg is a float (0.0 = choose by exact LOO), settable from the command line."""
-  from diva_jax.runs.lib import sweep
+  from experiments.lib import sweep
   for module in (configs.outlier_rejection, configs.dataset_extension,
                  configs.multimodal_aggregation):
     assert module.get_config().reg == 0.0

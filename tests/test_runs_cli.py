@@ -75,7 +75,7 @@ def test_other_errors_keep_their_traceback(tmp_path):
   script = tmp_path / "bin.py"
   script.write_text(textwrap.dedent(f"""
       import numpy as np
-      from diva_jax.runs.lib import cli
+      from diva_jax.app import cli
       def run(config, workdir, overwrite=False):
         np.concatenate([np.zeros((2, 3)), np.zeros((2, 4))])
       cli.define_and_run({os.path.join(REPO, "configs", "outlier_rejection.py")!r}, run)

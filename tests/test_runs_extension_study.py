@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from diva_jax.runs.studies import extension_study
-from diva_jax.runs.lib.errors import ConfigError
+from experiments.studies import extension_study
+from diva_jax.app.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from diva_jax import models
-from diva_jax.runs.studies import linearization_study
-from diva_jax.runs.lib.errors import ConfigError
+from experiments.studies import linearization_study
+from diva_jax.app.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

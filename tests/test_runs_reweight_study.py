@@ -11,9 +11,9 @@ import pytest
 
 import diva_jax
 from diva_jax.curation import steps as curation
-from diva_jax.runs.lib import common
-from diva_jax.runs.studies import reweight_study
-from diva_jax.runs.lib.errors import ConfigError
+from diva_jax.app import common
+from experiments.studies import reweight_study
+from diva_jax.app.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

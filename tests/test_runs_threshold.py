@@ -9,8 +9,8 @@ import os
 import numpy as np
 import pytest
 
-from diva_jax.runs.studies import threshold_study
-from diva_jax.runs.lib.errors import ConfigError
+from experiments.studies import threshold_study
+from diva_jax.app.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -70,7 +70,7 @@ def test_binary_refuses_partial_distributed_flags_in_one_line(tmp_path):
 
 
 def test_device_benchmark_tiny(tmp_path):
-  from diva_jax.runs.benchmarks import device_benchmark
+  from experiments.benchmarks import device_benchmark
   out = device_benchmark.run(str(tmp_path), matmul_m=128, images=70, batch_size=32,
                              sizes=(300,), d=16, c=3, repeats=1)
   stored = json.loads((tmp_path / "device_benchmark.json").read_text())
@@ -82,7 +82,7 @@ def test_device_benchmark_tiny(tmp_path):
 
 @pytest.mark.slow
 def test_scaling_benchmark_tiny(tmp_path):
-  from diva_jax.runs.benchmarks import scaling_benchmark
+  from experiments.benchmarks import scaling_benchmark
   out = scaling_benchmark.run(
       str(tmp_path), max_images=48, batch_size=16,
       run_config="configs/outlier_rejection.py:runlocal,pixels",

@@ -15,7 +15,8 @@ import pytest
 
 import loopback
 from diva_jax.curation import training
-from diva_jax.runs.studies import train_with_diva
+from experiments.studies import train_nets
+from experiments.studies import train_with_diva
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,9 +42,9 @@ def test_weight_step_matches_brute_force_derivative_at_current_parameters():
   x = rng.normal(size=(n, d_in))
   labels = rng.integers(0, c, n)
   y = np.eye(c)[labels]
-  params = train_with_diva.init_head(jax.random.PRNGKey(1), d_in, 8, c)
+  params = train_nets.init_head(jax.random.PRNGKey(1), d_in, 8, c)
   params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, jnp.float64), params)
-  feats = np.asarray(train_with_diva.hidden_features(params, jnp.asarray(x)), np.float64)
+  feats = np.asarray(train_nets.hidden_features(params, jnp.asarray(x)), np.float64)
   feats = np.concatenate([feats, np.ones((n, 1))], 1)
   tx = optax.sgd(0.5)  # a plain step: w <- max(0, w - 0.5 g)
   state = training.init(n, tx, dtype=jnp.float64)
@@ -204,7 +205,7 @@ def test_training_from_a_block_is_the_same_split_over_devices():
   noisy[:12] = (noisy[:12] + 1) % c
   flipped = noisy != labels
   config = _tiny_config(trunk="block:15", image_size=32)
-  net = train_with_diva.make_net(config, train_with_diva.Inputs(x, x[:16]), c)
+  net = train_nets.make_net(config, train_nets.Inputs(x, x[:16]), c)
   runs = {k: train_with_diva.train_one(config, "diva_both", net, x, noisy, labels, flipped,
                                        x[:16], labels[:16], c, 0, devices=jax.devices()[:k])
           for k in (1, 2, 8)}
@@ -219,7 +220,7 @@ def test_whole_network_trunk_is_efficientnet_on_the_images():
   # trunk='block:0' trains all of EfficientNet-Lite0 from uint8 images: at initialisation
   # its penultimate features are the pretrained backbone's pooled features.
   images = np.random.default_rng(1).integers(0, 256, (3, 28, 28), np.uint8)
-  net = train_with_diva.efficientnet_net(0, 4, 32)
+  net = train_nets.efficientnet_net(0, 4, 32)
   pen, out = jax.jit(net.apply)(net.init(jax.random.PRNGKey(0)), jnp.asarray(images))
   ref = train_with_diva.models.efficientnet_lite0(pretrained=True, input_size=32)
   np.testing.assert_allclose(pen, ref.features(images), rtol=1e-4, atol=1e-4)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from diva_jax.data import user_tables
-from diva_jax.runs.lib.errors import ConfigError
-from diva_jax.runs.paper import curate
+from diva_jax.app.errors import ConfigError
+from diva_jax.app import curate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -139,7 +139,7 @@ def test_point_curve_orders_and_auc_by_hand():
 
 def test_ridge_downstream_matches_the_library_refit():
   """The benchmark's fast downstream head (Gram downdates) is `refit_test_error`'s head."""
-  from diva_jax.runs.benchmarks import valuation_benchmark as vb
+  from experiments.benchmarks import valuation_benchmark as vb
   import diva_jax
   rng = np.random.default_rng(1)
   x, xt = rng.normal(size=(60, 7)), rng.normal(size=(30, 7))
@@ -168,7 +168,7 @@ def _config(**kw):
 
 
 def test_benchmark_runlocal_scores_and_resumes(tmp_path, capsys):
-  from diva_jax.runs.benchmarks import valuation_benchmark as vb
+  from experiments.benchmarks import valuation_benchmark as vb
   wd = str(tmp_path / "run")
   out = vb.run(_config(), wd)
   cells = {(s["dataset"], s["method"]): s for s in out["summary"]}
@@ -201,8 +201,8 @@ def test_benchmark_runlocal_scores_and_resumes(tmp_path, capsys):
     ({"scaling_sizes": (100, 50)}, "scaling_sizes must be increasing"),
 ])
 def test_benchmark_rejects_bad_configs_before_writing(tmp_path, change, message):
-  from diva_jax.runs.benchmarks import valuation_benchmark as vb
-  from diva_jax.runs.lib.errors import ConfigError
+  from experiments.benchmarks import valuation_benchmark as vb
+  from diva_jax.app.errors import ConfigError
   wd = tmp_path / "run"
   with pytest.raises(ConfigError, match=message):
     vb.run(_config(**change), str(wd))
@@ -214,7 +214,7 @@ def test_peer_runner_file_contract_without_the_peer_libraries(tmp_path):
   where pyDVL and valda are absent: each method's error is recorded, nothing crashes."""
   import subprocess
   import sys
-  from diva_jax.runs.benchmarks import valuation_benchmark as vb
+  from experiments.benchmarks import valuation_peers as vb
   rng = np.random.default_rng(0)
   np.savez(tmp_path / "in.npz", x_train=rng.normal(size=(30, 4)), y_train=np.arange(30) % 2,
            x_val=rng.normal(size=(10, 4)), y_val=np.arange(10) % 2, k=3)
@@ -234,7 +234,7 @@ def test_benchmark_records_a_broken_peer_venv_and_goes_on(tmp_path):
   """A peer venv whose smoke test fails (here: this venv, without pyDVL) costs the peers'
   rows, each with the reason, not the run."""
   import sys
-  from diva_jax.runs.benchmarks import valuation_benchmark as vb
+  from experiments.benchmarks import valuation_benchmark as vb
   c = _config(settings=("wine:0",), methods=("diva_plain", "pydvl_knn_shapley"),
               peer_venv=sys.prefix)
   out = vb.run(c, str(tmp_path / "run"))

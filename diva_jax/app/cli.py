@@ -14,7 +14,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from diva_jax.runs.lib import common
+from diva_jax.app import common
 from diva_jax.parallel import multihost as distributed
 
 
@@ -103,9 +103,12 @@ def finish_distributed() -> None:
 def define_and_run(default_config: str, run_fn) -> None:
   """Defines --config/--workdir/--overwrite and the distributed flags, and runs `run_fn`.
 
-  `default_config` should be an absolute path (the binaries compute it from `__file__`), so
-  they find their config from any working directory.
+  `default_config` is a config file's path (the binaries pass their config module's
+  `__file__`, so they find it from any working directory); `--config=:variant` means that
+  file with the variant.
   """
+  sys.argv[1:] = [f"--config={default_config}{a[len('--config='):]}"
+                  if a.startswith("--config=:") else a for a in sys.argv[1:]]
   try:
     # Without --config= on the command line, ml_collections loads the default file and
     # applies the --config.* overrides here, at definition: the same one-line errors.

@@ -1,7 +1,7 @@
 """What every experiment run shares: the data and feature pipeline, reg choice, ridge test
-errors and progress bars; it re-exports the workdir (`diva_jax.runs.lib.workdir`: config check,
+errors and progress bars; it re-exports the workdir (`diva_jax.app.workdir`: config check,
 resumable stages, atomic outputs, process-0-only writing) and the config checks
-(`diva_jax.runs.lib.config_checks`), so a run imports one module.
+(`diva_jax.app.config_checks`), so a run imports one module.
 
 Resumability: each expensive step is a *stage* whose result is saved atomically under
 `<workdir>/stages/<name>.npz` (arrays) or `.json` (metrics). A rerun with the same workdir
@@ -24,7 +24,7 @@ from typing import Callable, NamedTuple, Optional
 from absl import logging
 import numpy as np
 
-from diva_jax.runs.lib.errors import ConfigError
+from diva_jax.app.errors import ConfigError
 
 __all__ = [
     "Workdir",
@@ -51,20 +51,20 @@ __all__ = [
 
 
 # Re-exported: the runs reach every shared helper through `common`.
-from diva_jax.runs.lib.config_checks import ConfigMismatchError  # noqa: E402,F401
-from diva_jax.runs.lib.config_checks import check_choice  # noqa: E402,F401
-from diva_jax.runs.lib.config_checks import check_common  # noqa: E402,F401
-from diva_jax.runs.lib.config_checks import check_dataset  # noqa: E402,F401
-from diva_jax.runs.lib.config_checks import check_detection_views  # noqa: E402,F401
-from diva_jax.runs.lib.config_checks import check_float  # noqa: E402,F401
-from diva_jax.runs.lib.config_checks import check_int  # noqa: E402,F401
-from diva_jax.runs.lib.config_checks import check_ints  # noqa: E402,F401
-from diva_jax.runs.lib.config_checks import check_settings  # noqa: E402,F401
-from diva_jax.runs.lib.workdir import Workdir  # noqa: E402,F401
-from diva_jax.runs.lib.workdir import _jsonable  # noqa: E402,F401
-from diva_jax.runs.lib.workdir import is_main_process  # noqa: E402,F401
-from diva_jax.runs.lib.workdir import remove_outputs  # noqa: E402,F401
-from diva_jax.runs.lib.workdir import to_json  # noqa: E402,F401
+from diva_jax.app.config_checks import ConfigMismatchError  # noqa: E402,F401
+from diva_jax.app.config_checks import check_choice  # noqa: E402,F401
+from diva_jax.app.config_checks import check_common  # noqa: E402,F401
+from diva_jax.app.config_checks import check_dataset  # noqa: E402,F401
+from diva_jax.app.config_checks import check_detection_views  # noqa: E402,F401
+from diva_jax.app.config_checks import check_float  # noqa: E402,F401
+from diva_jax.app.config_checks import check_int  # noqa: E402,F401
+from diva_jax.app.config_checks import check_ints  # noqa: E402,F401
+from diva_jax.app.config_checks import check_settings  # noqa: E402,F401
+from diva_jax.app.workdir import Workdir  # noqa: E402,F401
+from diva_jax.app.workdir import _jsonable  # noqa: E402,F401
+from diva_jax.app.workdir import is_main_process  # noqa: E402,F401
+from diva_jax.app.workdir import remove_outputs  # noqa: E402,F401
+from diva_jax.app.workdir import to_json  # noqa: E402,F401
 from diva_jax import data
 from diva_jax.curation import detect
 from diva_jax import models

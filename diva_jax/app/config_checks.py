@@ -9,7 +9,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from diva_jax.runs.lib.errors import ConfigError
+from diva_jax.app.errors import ConfigError
 from diva_jax import data
 from diva_jax.data import loading
 import diva_jax

@@ -39,12 +39,12 @@ import numpy as np
 from diva_jax.curation import detect as detection
 from diva_jax import io_utils
 from diva_jax.curation import label_issues
-from diva_jax.runs.lib import common
-from diva_jax.runs.lib.errors import ConfigError
+from diva_jax.app import common
+from diva_jax.app.errors import ConfigError
 from diva_jax import models
 from diva_jax.data import user_data
 from diva_jax.data import user_tables
-from diva_jax.runs.lib import report
+from diva_jax.app import report
 import importlib
 import importlib.util
 import ml_collections
@@ -354,3 +354,16 @@ def _print_summary(summary, samples, names, order, deriv, suggested, flagged, wd
           f"derivative {deriv[i]:.3g}")
   print(f"outputs in {wd.path}: label_issues.csv, cleaned_labels.csv, label_issues.npy, "
         "label_quality_scores.npy, report.html, metrics.json")
+
+
+def main() -> None:
+  """The `diva-curate` command (and `python -m experiments.curate`): the packaged config
+  (`diva_jax/app/curate_config.py`; `--config=:runlocal` picks its variants), the flags of
+  every binary."""
+  from diva_jax.app import cli
+  from diva_jax.app import curate_config
+  cli.define_and_run(curate_config.__file__, run)
+
+
+if __name__ == "__main__":
+  main()

@@ -3,17 +3,18 @@ r"""Curate your own dataset: label issues ranked by the dataset derivative, and 
 Run on a folder of images with one subfolder per class (or a CSV of path,label rows, a .npz of
 embeddings and labels, or a TFDS name):
 
-  python -m experiments.curate --workdir=/tmp/diva/curate --config.source=/path/to/photos
+  diva-curate --workdir=/tmp/diva/curate --config.source=/path/to/photos
+  python -m experiments.curate ...   (the same, from a checkout)
 
 Variants: `:runlocal` (at most 1,000 images at 64 px), `:pixels` (raw pixels, no backbone).
 Outputs: label_issues.csv, cleaned_labels.csv, label_issues.npy, label_quality_scores.npy,
-report.html, metrics.json (see diva_jax/runs/paper/curate.py).
+report.html, metrics.json (see diva_jax/app/curate.py).
 """
 
 import ml_collections
 
-from diva_jax.runs.lib import variants
-from diva_jax.runs.lib.variants import apply_variants
+from diva_jax.app import variants
+from diva_jax.app.variants import apply_variants
 
 
 def get_config(arg=None):

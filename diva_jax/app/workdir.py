@@ -22,11 +22,11 @@ import numpy as np
 
 from diva_jax.parallel import multihost as dist
 from diva_jax import io_utils
-from diva_jax.runs.lib.errors import ConfigError
+from diva_jax.app.errors import ConfigError
 
 
-from diva_jax.runs.lib.config_checks import ConfigMismatchError
-from diva_jax.runs.lib import plots
+from diva_jax.app.config_checks import ConfigMismatchError
+from diva_jax.app import plots
 
 
 def is_main_process() -> bool:

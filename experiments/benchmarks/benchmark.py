@@ -51,7 +51,7 @@ import scipy.linalg
 PRIMAL_CONTENDERS = ("sklearn_f64", "ours_f64", "ours_f32", "autodiff_f64", "autodiff_f32")
 DUAL_CONTENDERS = ("cholesky_xla", "cholesky_lapack", "ours_value", "ours_value_grad")
 ISOLATIONS = ("process", "pause")
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from experiments.lib import ROOT as _REPO
 
 
 # ----------------------------------------------------------------------------------------
@@ -182,7 +182,7 @@ def time_contender(kind: str, name: str, *, n: int, d: int = 0, c: int = 1, seed
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, "result.json")
     proc = subprocess.run(
-        [sys.executable, "-c", "from diva_jax.runs.benchmarks import benchmark; benchmark._worker_main()",
+        [sys.executable, "-c", "from experiments.benchmarks import benchmark; benchmark._worker_main()",
          json.dumps(spec), out], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
       raise RuntimeError(f"benchmark worker {kind}/{name} n={n} failed:\n{proc.stderr[-3000:]}")

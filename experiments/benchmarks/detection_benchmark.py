@@ -32,8 +32,8 @@ from diva_jax import _optional
 from diva_jax import data
 from diva_jax.curation import valuation
 from diva_jax.data import user_tables
-from diva_jax.runs.lib import common
-from diva_jax.runs.lib.common import ConfigError
+from diva_jax.app import common
+from diva_jax.app.common import ConfigError
 
 SKLEARN_TABLES = ("breast_cancer", "wine", "iris", "digits_table", "digits_parity")
 # Tables with named (and categorical) columns, read through `user_tables.load_table` like a

@@ -30,8 +30,8 @@ import textwrap
 
 import numpy as np
 
-from diva_jax.runs.lib import common
-from diva_jax.runs.lib.common import ConfigError
+from diva_jax.app import common
+from diva_jax.app.common import ConfigError
 
 CONTENDERS = ("gram", "streamed_rule", "in_memory_rule", "ridge_cv", "cleanlab_sgd")
 

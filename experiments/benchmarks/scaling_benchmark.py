@@ -14,7 +14,7 @@ one after another on the same machine:
   process vs P processes, fresh workdir and cache each: the P-process overhead.
 
 `python -m experiments.scaling_benchmark --workdir=/tmp/diva/scaling`; writes
-``scaling_benchmark.json``. The worker (``python -m diva_jax.runs.benchmarks.scaling_benchmark``)
+``scaling_benchmark.json``. The worker (``python -m experiments.benchmarks.scaling_benchmark``)
 is the features contender.
 """
 
@@ -34,9 +34,9 @@ from diva_jax import data
 from diva_jax import models
 from diva_jax.features import extract as features
 from diva_jax.parallel import multihost as distributed
-from diva_jax.runs.lib import cli
+from diva_jax.app import cli
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from experiments.lib import ROOT as _REPO
 
 
 def _free_port() -> int:
@@ -90,7 +90,7 @@ def run(workdir: str, *, dataset: str = "mnist5k", split: str = "train", max_ima
   for p in (1, processes):
     cache = os.path.join(workdir, f"cache_{p}proc")
     shutil.rmtree(cache, ignore_errors=True)
-    argv = ["-m", "diva_jax.runs.benchmarks.scaling_benchmark", f"--dataset={dataset}", f"--split={split}",
+    argv = ["-m", "experiments.benchmarks.scaling_benchmark", f"--dataset={dataset}", f"--split={split}",
             f"--max_images={max_images}", f"--image_size={image_size}",
             f"--batch_size={batch_size}", f"--cache_dir={cache}"]
     res = _launch(argv, p, cores, timeout_s)

@@ -38,11 +38,7 @@ noise rate, seed, method group), so a killed run resumes.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
-import tempfile
 import time
 
 import ml_collections
@@ -50,20 +46,20 @@ import numpy as np
 
 from diva_jax.curation import valuation
 from diva_jax.data import noise as label_noise
-from diva_jax.runs.lib import common
-from diva_jax.runs.lib.errors import ConfigError
+from diva_jax.app import common
+from diva_jax.app.errors import ConfigError
+from experiments.benchmarks.valuation_peers import PEERS
+from experiments.benchmarks.valuation_peers import SLOW_PEERS
+from experiments.benchmarks.valuation_peers import run_peers as _peers
+from experiments.benchmarks.valuation_scoring import LogisticDownstream
+from experiments.benchmarks.valuation_scoring import RidgeDownstream
+from experiments.benchmarks.valuation_scoring import score
 import diva_jax
 
 OWN = ("diva_default", "diva_plain", "loo_removal", "cleanlab_knn_shapley", "random")
-PEERS = {"pydvl_knn_shapley": "knn_shapley", "pydvl_data_oob": "data_oob",
-         "pydvl_mc_shapley": "mc_shapley", "valda_tmc": "valda_tmc", "valda_beta": "valda_beta"}
-SLOW_PEERS = ("pydvl_mc_shapley", "valda_tmc", "valda_beta")
 METHODS = OWN + tuple(PEERS)
 TABULAR = ("breast_cancer", "wine")   # scikit-learn's bundled tables
 DOWNSTREAMS = ("ridge", "logistic")
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))))
-PEER_DIR = os.path.join(REPO, "experiments", "peers")
 
 
 def _settings(config):
@@ -99,6 +95,7 @@ def validate(config) -> None:
   if not rates or not all(isinstance(r, (int, float)) and 0 < r < 1 for r in rates):
     raise ConfigError(f"noise_rates must list numbers in (0, 1), got {rates}.")
   common.check_int(config, "seeds", 1)
+  common.check_int(config, "seed", 0)
   unknown = [m for m in config.methods if m not in METHODS]
   if not config.methods or unknown:
     raise ConfigError(f"methods must be a non-empty subset of {METHODS}, got "
@@ -203,116 +200,6 @@ def _own(method, x, noisy, num_classes, config, seed):
   return np.asarray(values, np.float64), time.perf_counter() - start, extra
 
 
-def peer_python(config) -> str:
-  return os.path.join(config.peer_venv or os.path.expanduser(
-      os.path.join("~", ".cache", "diva_jax", "peer_venv")), "bin", "python")
-
-
-def _ensure_peer_venv(config) -> str:
-  """The peers' interpreter, creating their venv with the shipped script if missing."""
-  py = peer_python(config)
-  if not os.path.exists(py):
-    venv = os.path.dirname(os.path.dirname(py))
-    proc = subprocess.run(["bash", os.path.join(PEER_DIR, "setup_venv.sh"), venv],
-                          capture_output=True, text=True)
-    if proc.returncode != 0 or not os.path.exists(py):
-      tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-      raise RuntimeError(f"creating the peers' venv in {venv} failed: {tail[0]}")
-  if py not in _SMOKED:  # the venv's own smoke test, once per process
-    proc = subprocess.run([py, os.path.join(PEER_DIR, "run_peers.py"), "--smoke"],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-      tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-      raise RuntimeError(f"the peers' smoke test failed in {py}: {tail[0]}")
-    _SMOKED.add(py)
-  return py
-
-
-_SMOKED = set()
-
-
-def _peers(methods, x, noisy, xv, yv, config, seed):
-  """{method: {values, seconds, error, settings}} from the peers' venv, one process."""
-  try:
-    py = _ensure_peer_venv(config)
-  except RuntimeError as e:
-    return {m: {"values": None, "seconds": None, "error": str(e)} for m in methods}, {}
-  with tempfile.TemporaryDirectory() as tmp:
-    inp, out = os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.json")
-    np.savez(inp, x_train=np.asarray(x, np.float64), y_train=noisy,
-             x_val=np.asarray(xv, np.float64), y_val=yv, k=int(config.knn))
-    cmd = [py, os.path.join(PEER_DIR, "run_peers.py"), "--input", inp, "--output", out,
-           "--methods", ",".join(PEERS[m] for m in methods),
-           "--time_budget_s", str(float(config.peer_time_budget_s)), "--seed", str(seed)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0 or not os.path.exists(out):
-      tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-      return {m: {"values": None, "seconds": None,
-                  "error": f"run_peers.py failed: {tail[0]}"} for m in methods}, {}
-    with open(out) as f:
-      res = json.load(f)
-  by_peer = res["methods"]
-  return {m: by_peer.get(PEERS[m], {"values": None, "seconds": None,
-                                    "error": "not returned"}) for m in methods}, res["versions"]
-
-
-# ----------------------------------------------------------------------------- scoring
-
-
-class RidgeDownstream:
-  """Test accuracy of the ridge head trained on a subset (fixed reg; float64 normal
-  equations, the Gram of the full set downdated when most samples are kept)."""
-
-  def __init__(self, x, labels, num_classes, reg, x_eval, y_eval):
-    self.x = np.asarray(x, np.float64)
-    self.t = np.eye(num_classes)[labels]
-    self.gram, self.xty = self.x.T @ self.x, self.x.T @ self.t
-    self.reg, self.x_eval, self.y_eval = float(reg), np.asarray(x_eval, np.float64), y_eval
-
-  def __call__(self, keep) -> float:
-    keep = np.asarray(keep, bool)
-    if keep.sum() < 2:
-      return float("nan")
-    if keep.sum() >= len(keep) / 2:
-      drop = ~keep
-      g = self.gram - self.x[drop].T @ self.x[drop]
-      b = self.xty - self.x[drop].T @ self.t[drop]
-    else:
-      g, b = self.x[keep].T @ self.x[keep], self.x[keep].T @ self.t[keep]
-    w = np.linalg.solve(g + self.reg * np.eye(len(g)), b)
-    return float(np.mean(np.argmax(self.x_eval @ w, 1) == self.y_eval))
-
-
-class LogisticDownstream:
-  """Test accuracy of scikit-learn's logistic regression (lbfgs, C = 1) on a subset."""
-
-  def __init__(self, x, labels, x_eval, y_eval):
-    self.x, self.y, self.x_eval, self.y_eval = x, labels, x_eval, y_eval
-
-  def __call__(self, keep) -> float:
-    from sklearn.linear_model import LogisticRegression
-    keep = np.asarray(keep, bool)
-    if len(np.unique(self.y[keep])) < 2:
-      return float("nan")
-    with common.single_blas_thread():
-      model = LogisticRegression(max_iter=300).fit(self.x[keep], self.y[keep])
-    return float(np.mean(model.predict(self.x_eval) == self.y_eval))
-
-
-def score(values, flipped, downstreams: dict, config, seed) -> dict:
-  """The protocol's numbers for one valuation."""
-  out = {"f1": valuation.noisy_detection_f1(values, flipped),
-         "auroc": diva_jax.auroc(-np.asarray(values), flipped)}
-  for name, evaluate in downstreams.items():
-    for curve in valuation.CURVES:
-      fr = (config.removal_fractions if curve.startswith("remove")
-            else config.addition_fractions)
-      acc = valuation.point_curve(values, fr, evaluate, curve=curve, seed=seed)
-      out[f"{name}_{curve}"] = acc.tolist()
-      out[f"{name}_{curve}_auc"] = valuation.curve_auc(fr, acc)
-  return out
-
-
 # ----------------------------------------------------------------------------- run
 
 
@@ -400,7 +287,7 @@ def summarize(rows, config) -> list:
 
 
 def _plot(rows, dataset, config):
-  from diva_jax.runs.lib import plots
+  from diva_jax.app import plots
   plt = plots._plt()
   rates = sorted({r["noise_rate"] for r in rows if r["dataset"] == dataset})
   fig, axes = plt.subplots(len(rates), 4, figsize=(16, 3.4 * len(rates)), squeeze=False)
@@ -429,7 +316,8 @@ def _plot(rows, dataset, config):
 
 
 def scaling(config, wd, x, labels, xv, yv_clean, num_classes) -> list:
-  """Per method and n in config.scaling_sizes (the first n samples, 20% noise, seed 0): its
+  """Per method and n in config.scaling_sizes (the first n samples, 20% noise, seed
+  config.seed): its
   wall time, until one exceeds scaling_budget_s; then the largest n it values within the
   budget, by a power law through its last two times (or the largest n timed, if that is
   still within budget: a lower bound)."""
@@ -440,14 +328,15 @@ def scaling(config, wd, x, labels, xv, yv_clean, num_classes) -> list:
   for m in config.methods:
     times = []
     for n in sizes:
-      noisy = label_noise.uniform_label_noise(labels[:n], num_classes, rate, 0).labels
+      noisy = label_noise.uniform_label_noise(labels[:n], num_classes, rate,
+                                             int(config.seed)).labels
       yv = label_noise.uniform_label_noise(yv_clean, num_classes, rate, 1000).labels
 
       def compute(m=m, n=n, noisy=noisy, yv=yv):
         if m in OWN:
-          return {"seconds": _own(m, x[:n], noisy, num_classes, config, 0)[1], "error": None,
-                  "settings": {}}
-        res, _ = _peers([m], x[:n], noisy, xv, yv, config, 0)
+          seconds = _own(m, x[:n], noisy, num_classes, config, int(config.seed))[1]
+          return {"seconds": seconds, "error": None, "settings": {}}
+        res, _ = _peers([m], x[:n], noisy, xv, yv, config, int(config.seed))
         return {"seconds": res[m].get("seconds"), "error": res[m].get("error"),
                 "settings": res[m].get("settings", {})}
 
@@ -493,13 +382,15 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
           print(f"{r['method']} | {r['n']} | "
                 + (f"{r['seconds']:.2f}" if r["seconds"] is not None else r["error"]))
       print(f"outputs: {wd.file('scaling.json')}")
-    return {"scaling": rows}
+    metrics = {"scaling": rows}
+    wd.write_json("metrics.json", metrics)
+    return metrics
   rows, versions = [], {}
   for dataset, max_train in _settings(config):
     x, labels, xt, yt, num_classes = _load(config, dataset, max_train, wd)
     (xv, yv), (xe, ye) = _split_test(xt, yt)
     for rate in config.noise_rates:
-      for seed in range(int(config.seeds)):
+      for seed in range(int(config.seed), int(config.seed) + int(config.seeds)):
         tag = f"{dataset}_{max_train}_r{int(round(rate * 100))}_s{seed}"
         row, v = _one(config, wd, tag, x, labels, xv, yv, xe, ye, num_classes, float(rate),
                       seed)
@@ -533,5 +424,8 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
     errs = {(r["dataset"], m): e for r in rows for m, e in r["errors"].items()}
     for (dataset, m), e in errs.items():
       print(f"{dataset} | {m}: {e}")
-    print(f"outputs: {wd.file('summary.csv')}, results.json, versions.json, curves_*.png")
-  return {"rows": rows, "summary": summary, "versions": versions}
+    print(f"outputs: {wd.file('summary.csv')}, results.json, versions.json, metrics.json, "
+          "curves_*.png")
+  metrics = {"rows": rows, "summary": summary, "versions": versions}
+  wd.write_json("metrics.json", metrics)
+  return metrics

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 from typing import Any, Sequence
 
-from diva_jax.runs.lib.errors import ConfigError
+from diva_jax.app.errors import ConfigError
 
 __all__ = ["sweep", "product", "chain", "fixed"]
 

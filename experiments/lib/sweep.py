@@ -33,13 +33,13 @@ import subprocess
 import sys
 from typing import Callable, Optional
 
-from diva_jax.runs.lib import hyper
-from diva_jax.runs.lib.errors import ConfigError
+from experiments.lib import hyper
+from diva_jax.app.errors import ConfigError
 from diva_jax import io_utils
 from diva_jax.parallel import multihost as distributed
-from diva_jax.runs.lib import common
-from diva_jax.runs.lib import plots
-from diva_jax.runs.lib.workdir import csv_cell
+from diva_jax.app import common
+from diva_jax.app import plots
+from diva_jax.app.workdir import csv_cell
 import importlib
 import traceback
 
@@ -203,11 +203,11 @@ def _feature_key(cfg) -> Optional[tuple]:
 
 
 def _run_module(name: str):
-  """The run module behind `experiments.<name>`: in runs/paper, runs/studies or
-  runs/benchmarks."""
+  """The run module behind `experiments.<name>`: in experiments/paper, studies or
+  benchmarks."""
   for group in ("paper", "studies", "benchmarks"):
-    if importlib.util.find_spec(f"diva_jax.runs.{group}.{name}") is not None:
-      return importlib.import_module(f"diva_jax.runs.{group}.{name}")
+    if importlib.util.find_spec(f"experiments.{group}.{name}") is not None:
+      return importlib.import_module(f"experiments.{group}.{name}")
   raise ConfigError(f"no run module for the binary experiments.{name}")
 
 

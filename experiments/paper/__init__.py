@@ -1,2 +1,1 @@
-"""The paper's experiments (outlier rejection, dataset extension, multi-modal aggregation)
-and `curate`, the product command for a user's own data."""
+"""The paper's experiments: outlier rejection, dataset extension, multi-modal aggregation."""

@@ -17,8 +17,8 @@ import numpy as np
 
 from diva_jax.curation import steps as curation
 from diva_jax import data
-from diva_jax.runs.lib import common
-from diva_jax.runs.lib import plots
+from diva_jax.app import common
+from diva_jax.app import plots
 import diva_jax
 
 

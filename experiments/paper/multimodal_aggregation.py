@@ -30,8 +30,8 @@ import numpy as np
 import diva_jax
 from diva_jax.curation import steps as curation
 from diva_jax import data
-from diva_jax.runs.lib import common
-from diva_jax.runs.lib import plots
+from diva_jax.app import common
+from diva_jax.app import plots
 
 MODALITIES = ("sklearn_digits", "printed_digits", "mnist_pool")
 

@@ -29,8 +29,8 @@ import numpy as np
 import diva_jax
 from diva_jax.curation import steps as curation
 from diva_jax.curation import label_issues
-from diva_jax.runs.lib import common
-from diva_jax.runs.lib import plots
+from diva_jax.app import common
+from diva_jax.app import plots
 import diva_jax as dj
 
 METRIC_KEYS = ("detection_f1", "detection_auroc", "test_error_before", "test_error_after")

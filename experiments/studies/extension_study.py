@@ -33,8 +33,8 @@ from __future__ import annotations
 import numpy as np
 
 from diva_jax.curation import label_issues
-from diva_jax.runs.lib import common
-from diva_jax.runs.lib.errors import ConfigError
+from diva_jax.app import common
+from diva_jax.app.errors import ConfigError
 from diva_jax import data
 from diva_jax import io_utils
 from diva_jax.curation import steps as curation
@@ -236,7 +236,9 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
     io_utils.atomic_write_text(wd.file("summary.md"), table + "\n")
     print(table)
   out["summary_md"] = table
-  return out
+  metrics = out
+  wd.write_json("metrics.json", metrics)
+  return metrics
 
 
 def _ms(vals) -> str:

@@ -31,8 +31,8 @@ import time
 import numpy as np
 
 from diva_jax.curation import label_issues
-from diva_jax.runs.lib import common
-from diva_jax.runs.lib.errors import ConfigError
+from diva_jax.app import common
+from diva_jax.app.errors import ConfigError
 from diva_jax import data
 from diva_jax import io_utils
 import diva_jax

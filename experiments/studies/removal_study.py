@@ -57,8 +57,8 @@ import os
 
 import numpy as np
 
-from diva_jax.runs.lib import common
-from diva_jax.runs.lib.errors import ConfigError
+from diva_jax.app import common
+from diva_jax.app.errors import ConfigError
 from diva_jax.curation.detect import confident_joint
 import diva_jax
 import jax
@@ -401,4 +401,6 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
       for p in profile:
         print(f"{p['dataset']} | {p['group']} | {p['count']:.1f} | {p['loo_p_given']:.3f} | "
               f"{p['clean_model_p_true']:.3f} | {p['clean_model_correct']:.2f}")
-  return {"runs": rows, "summary": summary, "error_profile": profile}
+  metrics = {"runs": rows, "summary": summary, "error_profile": profile}
+  wd.write_json("metrics.json", metrics)
+  return metrics

@@ -34,8 +34,8 @@ import os
 from absl import logging
 import numpy as np
 
-from diva_jax.runs.lib import common
-from diva_jax.runs.lib.errors import ConfigError
+from diva_jax.app import common
+from diva_jax.app.errors import ConfigError
 from diva_jax import io_utils
 from diva_jax.curation import steps as curation
 import diva_jax
@@ -275,7 +275,9 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
     table = markdown(summary)
     io_utils.atomic_write_text(wd.file("summary.md"), table + "\n")
     print(table)
-  return {"runs": rows, "summary": summary}
+  metrics = {"runs": rows, "summary": summary}
+  wd.write_json("metrics.json", metrics)
+  return metrics
 
 
 def summarize(rows, default_rule=""):

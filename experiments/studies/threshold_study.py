@@ -23,8 +23,8 @@ import os
 import numpy as np
 
 from diva_jax.curation import label_issues
-from diva_jax.runs.lib import common
-from diva_jax.runs.lib.errors import ConfigError
+from diva_jax.app import common
+from diva_jax.app.errors import ConfigError
 import diva_jax
 import ml_collections
 
@@ -170,4 +170,6 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
             f"{summary['noisy'][i]:.0f} {summary['estimated'][i]:.0f} | " + " | ".join(
                 f"{summary[k + '_mean'][i]:.3f} +- {summary[k + '_std'][i]:.3f}"
                 for k in keys))
-  return {"runs": rows, "summary": summary}
+  metrics = {"runs": rows, "summary": summary}
+  wd.write_json("metrics.json", metrics)
+  return metrics
