@@ -16,6 +16,7 @@ for a figure that only it determines.
 from absl import app
 from absl import flags
 
+from diva_jax.app import cli
 from experiments.benchmarks import benchmark
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where benchmark.json is written.",
@@ -45,6 +46,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Data seed.")
 
 
 def main(argv):
+  cli.quiet_libraries()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   benchmark.run(
@@ -58,4 +60,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  cli.quiet_by_default()
   app.run(main)

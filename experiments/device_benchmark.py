@@ -11,6 +11,7 @@ import json
 from absl import app
 from absl import flags
 
+from diva_jax.app import cli
 from experiments.benchmarks import device_benchmark
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
@@ -24,6 +25,7 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls after a warm-up.")
 
 
 def main(argv):
+  cli.quiet_libraries()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   out = device_benchmark.run(_WORKDIR.value, matmul_m=_MATMUL_M.value, images=_IMAGES.value,
@@ -34,4 +36,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  cli.quiet_by_default()
   app.run(main)

@@ -18,6 +18,7 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
 
 import diva_jax
+from diva_jax.app import cli
 
 _NOISE = flags.DEFINE_float("noise", 0.2, "Fraction of labels flipped uniformly, in [0, 1).")
 _LOSS = flags.DEFINE_enum("loss", "mse", list(diva_jax.LOSSES), "LOO loss.")
@@ -25,6 +26,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the label noise.")
 
 
 def main(argv):
+  cli.quiet_libraries()
   del argv
   if not 0.0 <= _NOISE.value < 1.0:
     raise app.UsageError(f"--noise must be in [0, 1), got {_NOISE.value}.")
@@ -61,4 +63,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  cli.quiet_by_default()
   app.run(main)

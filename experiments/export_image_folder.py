@@ -16,6 +16,7 @@ from absl import app
 from absl import flags
 import numpy as np
 from PIL import Image
+from diva_jax.app import cli
 
 _DATASET = flags.DEFINE_string("dataset", "mnist5k", "mnist5k | digits | animal_mnist | TFDS name")
 _OUT = flags.DEFINE_string("out", None, "Output folder (created; must not exist).", required=True)
@@ -51,6 +52,7 @@ def export(dataset: str, out: str, noise_rate: float, seed: int) -> dict:
 
 
 def main(argv):
+  cli.quiet_libraries()
   del argv
   res = export(_DATASET.value, _OUT.value, _NOISE.value, _SEED.value)
   print(f"wrote {res['images']} images to {_OUT.value} ({len(res['flipped'])} labels flipped; "
@@ -58,4 +60,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  cli.quiet_by_default()
   app.run(main)

@@ -14,6 +14,7 @@ Run (2 CPU cores: about 2 minutes)::
 from absl import app
 from absl import flags
 
+from diva_jax.app import cli
 from experiments.benchmarks import feature_benchmark
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
@@ -29,6 +30,7 @@ _MAX_IMAGES = flags.DEFINE_integer("max_images", None, "Keep the first images of
 
 
 def main(argv):
+  cli.quiet_libraries()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   feature_benchmark.run(
@@ -40,4 +42,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  cli.quiet_by_default()
   app.run(main)

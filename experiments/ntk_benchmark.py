@@ -18,6 +18,7 @@ Results are written to WORKDIR/ntk_benchmark.json and printed as a table.
 from absl import app
 from absl import flags
 
+from diva_jax.app import cli
 from experiments.benchmarks import ntk_benchmark
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where to write ntk_benchmark.json.",
@@ -46,6 +47,7 @@ _BLOCK_SIZE = flags.DEFINE_integer("block_size", 256,
 
 
 def main(argv):
+  cli.quiet_libraries()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   ntk_benchmark.run(_WORKDIR.value, mlp_sizes=[int(s) for s in _MLP_SIZES.value if s],
@@ -59,4 +61,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  cli.quiet_by_default()
   app.run(main)

@@ -12,6 +12,7 @@ import json
 from absl import app
 from absl import flags
 
+from diva_jax.app import cli
 from experiments.benchmarks import scaling_benchmark
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
@@ -24,6 +25,7 @@ _RUN_CONFIG = flags.DEFINE_string("run_config", "configs/outlier_rejection.py:ru
 
 
 def main(argv):
+  cli.quiet_libraries()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   out = scaling_benchmark.run(_WORKDIR.value, dataset=_DATASET.value,
@@ -34,4 +36,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  cli.quiet_by_default()
   app.run(main)

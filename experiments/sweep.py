@@ -36,6 +36,7 @@ _DIST = cli.define_distributed_flags()
 
 
 def main(argv):
+  cli.quiet_libraries()
   extra = tuple(argv[1:])
   try:
     if _MODE.value == "pod":
@@ -63,4 +64,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  cli.quiet_by_default()
   app.run(main, flags_parser=cli.parse_flags)

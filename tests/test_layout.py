@@ -13,7 +13,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MAX_LINES = 450
 # Over the cap today, each to be split (issue 30; named here so that no other module grows).
-OVER_CAP = {"experiments/peers/run_peers.py"}
+OVER_CAP: set = set()
 
 
 def _modules(*tops):

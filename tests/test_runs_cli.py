@@ -84,3 +84,46 @@ def test_other_errors_keep_their_traceback(tmp_path):
   assert proc.returncode == 1
   assert "Traceback" in proc.stderr and "ValueError" in proc.stderr
   assert "concatenate" in proc.stderr and "error: " not in proc.stderr.splitlines()[-1][:7]
+
+
+@pytest.mark.parametrize("source, match", [
+    ("notes.txt", "is a file curate does not read: pass an image folder"),
+    ("mnist5k:foo", "'mnist5k' is one of this package's datasets and has no config or version"),
+    ("mnist", "is a TFDS catalog dataset that is not prepared under"),
+    ("nosuchdataset", "is neither a file or folder nor a known dataset"),
+])
+def test_a_bad_curate_source_is_exactly_one_line_and_leaves_nothing(tmp_path, source, match):
+  """Not a traceback, no log lines, no download tried (a fresh HOME without TFDS data: the
+  catalog name fails at once), no workdir and no TFDS folder left behind."""
+  (tmp_path / "notes.txt").write_text("hello\n")
+  home = tmp_path / "home"
+  home.mkdir()
+  env_home = dict(os.environ, HOME=str(home))
+  env_home.pop("TFDS_DATA_DIR", None)
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.curate", f"--workdir={tmp_path / 'wd'}",
+       f"--config.source={source}"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+      env=dict(env_home, PYTHONPATH=os.pathsep.join(
+          [REPO] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])))
+  _assert_one_line_error(proc, match)
+  assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+  assert not (tmp_path / "wd").exists()
+  assert list(home.rglob("*")) == [], list(home.rglob("*"))
+
+
+def test_the_binaries_print_no_log_lines_unless_asked(tmp_path):
+  """A successful run's stderr holds no INFO lines (JAX's backend probe, the stages) by
+  default; --verbosity=0 brings them back."""
+  import numpy as np
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 3, 120)
+  np.savez(tmp_path / "e.npz", features=(rng.normal(size=(120, 6)) + 3 * np.eye(3, 6)[labels])
+           .astype(np.float32), labels=labels)
+  args = ["-m", "experiments.curate", "--config.source=e.npz"]
+  quiet = _run(args + [f"--workdir={tmp_path / 'q'}"], cwd=tmp_path)
+  assert quiet.returncode == 0, quiet.stderr[-2000:]
+  info = [ln for ln in quiet.stderr.splitlines() if ln.startswith("I")]
+  assert not info, quiet.stderr[-2000:]
+  loud = _run(args + [f"--workdir={tmp_path / 'l'}", "--verbosity=0"], cwd=tmp_path)
+  assert loud.returncode == 0, loud.stderr[-2000:]
+  assert any(ln.startswith("I") for ln in loud.stderr.splitlines()), loud.stderr[-2000:]

@@ -120,8 +120,6 @@ def _never_read(n, d):
      "floating point"),
     (lambda p: p("flat.npy", np.ones(10)), np.arange(10) % 2, {}, "2-D"),
     (lambda p: "/no/such/file.npy", np.arange(10) % 2, {}, "not an existing .npy"),
-    (lambda p: _never_read(10, 3), np.arange(10) % 2, {"distributed": True},
-     "distributed=True is not available"),
     (lambda p: _never_read(10, 3), np.arange(10) % 2, {"block_size": 0}, "block_size"),
     (lambda p: _never_read(10, 3), np.arange(10) % 2, {"threshold": "top"}, "threshold"),
     (lambda p: _never_read(10, 3), np.arange(10) % 2, {"outer": "sum"}, "outer"),

@@ -100,6 +100,22 @@ def finish_distributed() -> None:
     distributed.barrier("diva_jax end of run")
 
 
+def quiet_by_default() -> None:
+  """Warnings and errors only, unless `--verbosity=0` (INFO: every stage, JAX's backend
+  probes) or higher: the binary's own printed summary is what a user reads first."""
+  given = any(a.split("=")[0] in ("--verbosity", "-v", "--v") for a in sys.argv[1:])
+  if not given:  # (flags.FLAGS.set_default does not reach absl's logging level)
+    sys.argv[1:1] = ["--verbosity=-1"]
+
+
+def quiet_libraries() -> None:
+  """At the default verbosity, the libraries' own INFO loggers (TFDS, JAX) are quiet too."""
+  if flags.FLAGS["verbosity"].value < 0:
+    import logging
+    for name in ("tensorflow_datasets", "jax"):
+      logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def define_and_run(default_config: str, run_fn) -> None:
   """Defines --config/--workdir/--overwrite and the distributed flags, and runs `run_fn`.
 
@@ -122,10 +138,12 @@ def define_and_run(default_config: str, run_fn) -> None:
   overwrite = flags.DEFINE_bool(
       "overwrite", False, "Discard the outputs stored in --workdir by a run of another config.")
   dist_flags = define_distributed_flags()
+  quiet_by_default()
 
   def main(argv):
     if len(argv) > 1:
       fail(f"unexpected arguments: {argv[1:]}")
+    quiet_libraries()
     initialize_distributed(dist_flags)
     try:
       run_fn(config.value, workdir.value, overwrite=overwrite.value)

@@ -108,6 +108,53 @@ def validate(config) -> None:
   common.check_choice(config, "threshold", ("auto", "sign"))
   if not isinstance(config.relabel, bool):
     raise ConfigError(f"relabel must be True or False, got {config.relabel!r}.")
+  src = os.path.expanduser(config.source)
+  if not config.label_column and user_data.source_kind(src) == "tfds":
+    if os.path.exists(src):
+      raise ConfigError(f"source {config.source!r} is a file curate does not read: {_KINDS}.")
+    _check_tfds_source(config)
+
+
+_KINDS = ("pass an image folder (one subfolder per class), a .csv of path,label[,id] rows, a "
+          "table (.csv or .parquet, with label_column=), a .npz or .npy of embeddings, or a "
+          "TFDS dataset name")
+
+
+def _check_tfds_source(config) -> None:
+  """A TFDS name that can be read here and now: one of this package's datasets (built from
+  wheels, offline) or a catalog dataset already prepared under data_dir. Nothing is
+  downloaded or written; a catalog dataset that would need a download is refused at once."""
+  import tensorflow_datasets as tfds
+  from diva_jax import data  # registers this package's builders
+  name = config.source.strip()
+  try:
+    common.check_dataset(name)
+  except ConfigError as e:
+    raise ConfigError(f"source {name!r} is neither a file or folder nor a known dataset: "
+                      f"{_KINDS}. ({e})") from None
+  from absl import logging as absl_logging
+  base = name.split(":")[0].split("/")[0]
+  level = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS logs its probes of data_dir
+  try:
+    builder = tfds.builder(name, data_dir=config.data_dir or None)
+    prepared = base in data.known_datasets() or builder.is_prepared()
+  except Exception as e:  # TFDS's own errors: a bad config or version, an unknown namespace
+    if base in data.known_datasets():
+      raise ConfigError(f"source {name!r}: {base!r} is one of this package's datasets and has "
+                        f"no config or version {name[len(base):].lstrip(':/')!r}; pass "
+                        f"{base!r}.") from None
+    first = " ".join(str(e).split())[:300]
+    raise ConfigError(f"source {name!r}: TFDS cannot make this dataset ({type(e).__name__}: "
+                      f"{first})") from None
+  finally:
+    absl_logging.set_verbosity(level)
+  if not prepared:
+    raise ConfigError(
+        f"source {name!r} is a TFDS catalog dataset that is not prepared under "
+        f"{str(builder.data_dir_root)!r}: reading it needs a download. Prepare it on a machine with "
+        f"internet (`tfds build {base}`) and pass --config.data_dir=<its data dir>, or export "
+        "it as an image folder.")
 
 
 class _Samples:
@@ -149,7 +196,9 @@ def load_source(config) -> _Samples:
                       warnings=r.warnings + ([f"max_images: the first {config.max_images} of "
                                               f"{n} samples"] if config.max_images else []))
   except (ValueError, OSError) as e:  # the loaders' own, named input errors
-    raise ConfigError(f"source {config.source}: {e}") from e
+    msg = " ".join(str(e).split())
+    named = config.source in msg or src in msg  # the loader's message names the path already
+    raise ConfigError(msg if named else f"source {config.source!r}: {msg}") from e
   images, labels, names = common.load_split(
       _tfds_config(config), config.split, config.max_images)
   ids = [str(i) for i in range(len(labels))]

@@ -127,6 +127,8 @@ def find_label_issues(labels, *, features=None, kernel=None, num_classes: Option
     eps: the derivative above which a sample counts as harmful.
     distributed: rows sharded over every device of every process for the derivative
       (`diva_jax.parallel.multihost`; features only). With one device it is the in-memory path.
+      With streamed features each process reads only its share of the rows and every
+      process returns the whole result (the one-process flags).
     outer: the LOO loss differentiated: "weighted" (default; the outer mean weighted by the
       sample weights, so the derivative holds each sample's own term (l_k - L) / n besides
       its effect on the others) or "mean" (the paper's derivative, no own term). The own
@@ -211,13 +213,10 @@ def _streamed(y, c, features, *, loss, temperature, reg, detection_reg_multiplie
                                                  detection_reg_multiplier, threshold, eps, outer)
   block_size = cc.check_int("block_size", block_size, 1)
   reg_rows = cc.check_int("reg_rows", reg_rows, 2)
-  if distributed:
-    raise ValueError("distributed=True is not available with streamed features yet: pass an "
-                     "in-memory array, or distributed=False.")
   r = streamed_rule.streamed_label_issues(
       y, c, source, loss=loss, temperature=temperature, reg=reg, mult=mult,
       threshold=threshold, eps=eps, outer=outer, block_size=block_size, reg_rows=reg_rows,
-      return_probs=bool(return_probs), dtype=None, seed=0)
+      return_probs=bool(return_probs), dtype=None, seed=0, distributed=bool(distributed))
   if r["at_edge"]:
     warnings.warn(f"find_label_issues: the LOO loss is smallest at an edge of select_reg's "
                   f"grid (reg = {r['reg']:.3g}); the best reg may lie outside it.",

@@ -45,6 +45,7 @@ from diva_jax.curation import detect as detection
 from diva_jax.loo import closed_form as cf
 from diva_jax.loo import reg as reg_selection
 from diva_jax.loo.streaming import driver as streaming
+from diva_jax.parallel import multihost
 
 __all__ = ["is_streamed_source", "as_block_source", "streamed_label_issues"]
 
@@ -85,9 +86,9 @@ def as_block_source(features):
   return src
 
 
-def _blocks(n, bs):
-  for start in range(0, n, bs):
-    yield start, min(start + bs, n)
+def _blocks(lo, hi, bs):
+  for start in range(lo, hi, bs):
+    yield start, min(start + bs, hi)
 
 
 class _Reader:
@@ -118,19 +119,27 @@ def _class_sums(z64, y, c):
 _COARSE_ENTRIES = 1 << 27
 
 
-def _choose_reg(p_sub, s, y_sub, grid, temperature, loss, b, c):
-  """The grid index with the smallest exact LOO loss of the rows p_sub: every grid value, or,
+def _choose_reg(p_sub, s, y_sub, grid, temperature, loss, b, c, total_rows):
+  """The grid index with the smallest exact LOO loss of the reg rows (this process's share
+  `p_sub` of `total_rows`; the losses are summed over every process): every grid value, or,
   for a large problem (rows x c x grid > `_COARSE_ENTRIES`), every third one and then the
   neighbours of the best, which finds the same minimum whenever the LOO curve is unimodal at
   the grid's resolution (20 of 46 evaluations)."""
   def losses_at(idx):
-    with jax.enable_x64(True):
-      return np.asarray(reg_selection._grid_losses(
-          jnp.asarray(p_sub), jnp.asarray(s), jnp.asarray(np.eye(c)[y_sub]),
-          jnp.asarray(grid[idx]), jnp.asarray(float(temperature)), loss=loss,
-          pty=jnp.asarray(b)))
+    if p_sub.shape[0] == 0:
+      local = np.zeros(len(idx))
+    else:
+      with jax.enable_x64(True):
+        local = np.asarray(reg_selection._grid_losses(
+            jnp.asarray(p_sub), jnp.asarray(s), jnp.asarray(np.eye(c)[y_sub]),
+            jnp.asarray(grid[idx]), jnp.asarray(float(temperature)), loss=loss,
+            pty=jnp.asarray(b))) * (p_sub.shape[0] / total_rows)
+    if multihost.process_count() == 1:
+      return local
+    # a non-finite loss anywhere is +inf everywhere (as in select_reg)
+    return multihost.allsum(np.where(np.isfinite(local), local, np.inf))
   g = len(grid)
-  if p_sub.shape[0] * c * g <= _COARSE_ENTRIES:
+  if total_rows * c * g <= _COARSE_ENTRIES:
     return int(np.argmin(losses_at(np.arange(g))))
   coarse = np.unique(np.r_[np.arange(0, g, 3), g - 1])
   losses = np.full(g, np.inf)
@@ -211,9 +220,14 @@ def _pass3_block(z, y, vw, w3, q_w, omh_fit, u, s_det, per, value, thresholds, t
 
 def streamed_label_issues(y, c, source, *, loss, temperature, reg, mult, threshold, eps,
                           outer, block_size, reg_rows, return_probs, dtype, seed,
-                          progress=None):
+                          distributed=False, progress=None):
   """The rule's numbers (see the module docstring); `find_label_issues` validates the
-  arguments and builds the `LabelIssues`. Returns a dict."""
+  arguments and builds the `LabelIssues`. Returns a dict.
+
+  distributed: each process reads only its `multihost.row_range` of the rows; the passes'
+  sums are added over every process (in process order, so every process takes the same
+  decisions), the eigendecomposition is process 0's, and the per-sample arrays are gathered,
+  so every process returns the whole result."""
   n, d = int(source.num_rows), int(source.num_features)
   if dtype is None:
     dtype = np.float64 if np.dtype(source.dtype) == np.float64 else np.float32
@@ -221,6 +235,8 @@ def streamed_label_issues(y, c, source, *, loss, temperature, reg, mult, thresho
   bs = max(1, min(int(block_size), n))
   read = _Reader(source, n, d, dtype)
   tick = progress or (lambda *a: None)
+  lo, hi = multihost.row_range(n) if distributed else (0, n)
+  total = multihost.allsum if distributed else (lambda a: a)
 
   rows = (None if reg is not None else np.arange(n) if n <= reg_rows else
           np.sort(np.random.default_rng(seed).choice(n, reg_rows, replace=False)))
@@ -233,7 +249,7 @@ def streamed_label_issues(y, c, source, *, loss, temperature, reg, mult, thresho
     gram = np.zeros((d, d), np.float64, order="F")
     zty = np.zeros((c, d), np.float64)
     kept = []
-    for start, stop in _blocks(n, bs):
+    for start, stop in _blocks(lo, hi, bs):
       z64 = read(start, stop).astype(np.float64, copy=False)
       # The Gram in float64, like select_reg's (its small eigenvalues set the LOO curve at
       # small reg): one ?syrk per block into the upper triangle.
@@ -245,10 +261,17 @@ def streamed_label_issues(y, c, source, *, loss, temperature, reg, mult, thresho
           kept.append(z64[sel - start])
       del z64
       tick(1, stop, n)
-    gram = np.triu(gram) + np.triu(gram, 1).T
+    gram = total(np.triu(gram) + np.triu(gram, 1).T)
+    zty = total(zty)
     if not np.all(np.isfinite(gram)):
       raise ValueError(f"Z^T Z overflows {dtype}: rescale the features.")
-    s, v = np.linalg.eigh(gram)
+    if distributed and multihost.process_count() > 1:  # process 0's eigenvectors everywhere
+      eig = (multihost.save_npz_bytes(dict(zip("sv", np.linalg.eigh(gram))))
+             if multihost.process_index() == 0 else None)
+      eig = multihost.load_npz_bytes(multihost.broadcast_bytes(eig))
+      s, v = eig["s"], eig["v"]
+    else:
+      s, v = np.linalg.eigh(gram)
     s = np.clip(s, 0.0, None)
     scale = float(s.sum()) / n
     if not scale > 0:
@@ -258,10 +281,11 @@ def streamed_label_issues(y, c, source, *, loss, temperature, reg, mult, thresho
     # whole fit.
     at_edge, reg, mult = False, reg_given, mult_given
     if reg is None:
-      p_sub = np.concatenate(kept) @ v
+      p_sub = (np.concatenate(kept) if kept else np.zeros((0, d))) @ v
       del kept
       grid = np.logspace(-6, 3, 46) * scale
-      best = _choose_reg(p_sub, s, y[rows], grid, temperature, loss, b, c)
+      mine = rows[(rows >= lo) & (rows < hi)]
+      best = _choose_reg(p_sub, s, y[mine], grid, temperature, loss, b, c, len(rows))
       del p_sub
       at_edge = best in (0, len(grid) - 1)
       reg = float(grid[best])
@@ -288,7 +312,7 @@ def streamed_label_issues(y, c, source, *, loss, temperature, reg, mult, thresho
     omh_fit_all = np.empty(n)
     m_acc, ptg = np.zeros((d, d)), np.zeros((d, c))
     value, min_omh = 0.0, np.inf
-    for start, stop in _blocks(n, bs):
+    for start, stop in _blocks(lo, hi, bs):
       sl = slice(start, stop)
       thr, omh_fit, s_det, u, per, val, m, pg, mo = _pass2_block(
           read(start, stop), y[sl], vw, w2, inv2, temp, float(n), c=c, loss=loss)
@@ -299,6 +323,9 @@ def streamed_label_issues(y, c, source, *, loss, temperature, reg, mult, thresho
       ptg += np.asarray(pg)
       min_omh = min(min_omh, float(mo))
       tick(2, stop, n)
+    if distributed:
+      thr_sum, m_acc, ptg = total(thr_sum), total(m_acc), total(ptg)
+      value, min_omh = float(total(np.float64(value))), multihost.allmin(min_omh)
     bound = _bound(f, min_omh)
     if work == np.float32 and not bound <= cf.F32_TOL:
       return None
@@ -318,7 +345,7 @@ def streamed_label_issues(y, c, source, *, loss, temperature, reg, mult, thresho
     quality = np.empty(n, np.float32)
     suggested = np.empty(n, np.int64)
     probs_all = np.empty((n, c), np.float32) if return_probs else None
-    for start, stop in _blocks(n, bs):
+    for start, stop in _blocks(lo, hi, bs):
       sl = slice(start, stop)
       g, jt, q, sug, probs = _pass3_block(
           read(start, stop), y[sl], vw, w3, q_w, omh_fit_all[sl], u_all[sl], s_all[sl],
@@ -329,6 +356,12 @@ def streamed_label_issues(y, c, source, *, loss, temperature, reg, mult, thresho
       if return_probs:
         probs_all[sl] = probs
       tick(3, stop, n)
+    if distributed and multihost.process_count() > 1:
+      joint = total(joint)
+      deriv, quality, suggested = (multihost.gather_rows(a[lo:hi], n)
+                                   for a in (deriv, quality, suggested))
+      if return_probs:
+        probs_all = multihost.gather_rows(probs_all[lo:hi], n)
     rows_sum = joint.sum(1, keepdims=True)
     calibrated = np.divide(joint, rows_sum, out=np.zeros_like(joint),
                            where=rows_sum > 0) * counts[:, None]

@@ -19,9 +19,22 @@ def source_kind(source: str) -> str:
   return {".csv": "csv", ".npz": "npz", ".npy": "npy"}.get(suffix, "tfds")
 
 
+def _singular(what: str) -> str:
+  """``"rows are out of range"`` -> ``"row is out of range"`` (the phrases `_listing` gets)."""
+  head, sep, rest = what.partition(" ")
+  if head.endswith("s") and head not in ("are", "is"):
+    head = head[:-1]
+  out = f" {head}{sep}{rest} "
+  for plural, one in ((" are ", " is "), (" name ", " names "), (" do not ", " does not "),
+                      (" hold ", " holds ")):
+    out = out.replace(plural, one)
+  return out.strip()
+
+
 def _listing(items: Sequence, what: str) -> str:
-  """``"3 rows: [1, 2, 3]"``, at most ``_MAX_LISTED`` items shown."""
+  """``"3 rows: [1, 2, 3]"`` (``"1 row: [1]"``), at most ``_MAX_LISTED`` items shown."""
   more = f" ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
+  what = _singular(what) if len(items) == 1 else what
   return f"{len(items)} {what}: {list(items[:_MAX_LISTED])}{more}"
 
 

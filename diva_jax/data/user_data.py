@@ -286,8 +286,9 @@ def load_image_csv(csv_path: str, *, size: int, max_images: int = 0) -> UserImag
       missing.append((line, row[0]))
     entries.append(_Entry(row[1], row[0], file or "", row[2] if width == 3 else row[0]))
   if missing:
+    relative = any(not os.path.isabs(path) for _, path in missing)
     raise ValueError(f"{csv_path!r}: {_listing(missing, 'rows (line, path) name a missing file')}"
-                     f" (paths are relative to {base!r})")
+                     + (f" (relative paths are read from {base!r})" if relative else ""))
   if not entries:
     raise ValueError(f"{csv_path!r} has no data row (expected path,label[,id] rows)")
   _check_unique([e.id for e in entries], csv_path, "" if width == 3 else " (add an id column)")

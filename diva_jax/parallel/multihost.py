@@ -160,6 +160,24 @@ def allgather_bytes(data: bytes) -> list[bytes]:
   return [gathered[p, :int(s)].tobytes() for p, s in enumerate(sizes)]
 
 
+def allsum(x) -> np.ndarray:
+  """The sum over every process of ``x`` (same shape everywhere), in process order, so every
+  process gets the same bits. float64 stays float64 (the gather runs under x64)."""
+  x = np.asarray(x)
+  if process_count() == 1:
+    return x
+  with jax.enable_x64(True):
+    return np.asarray(multihost_utils.process_allgather(x)).sum(0).astype(x.dtype)
+
+
+def allmin(x: float) -> float:
+  """The minimum over every process of the scalar ``x``."""
+  if process_count() == 1:
+    return float(x)
+  with jax.enable_x64(True):
+    return float(np.min(np.asarray(multihost_utils.process_allgather(np.float64(x)))))
+
+
 def gather_rows(local_rows: np.ndarray, n: int) -> np.ndarray:
   """The ``[n, ...]`` array whose :func:`row_range` of each process is its ``local_rows``."""
   if process_count() == 1:
