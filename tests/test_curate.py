@@ -288,4 +288,83 @@ def test_export_image_folder_then_curate(tmp_path):
   planted = set(res["flipped"])
   rows = _issues(wd)
   score = np.asarray([float(r["derivative"]) for r in rows])
-  assert diva_jax.auroc(score, np.asarray([r["id"] in planted for r in rows])) > 0.95
+  truth = np.asarray([r["path"] in planted for r in rows])
+  flags = np.asarray([r["flagged"] == "1" for r in rows])
+  assert diva_jax.auroc(score, truth) > 0.95
+  # curate read the planted list beside the folder and scored itself the same way.
+  assert metrics["planted_file"] == out + ".planted_noise.json"
+  assert metrics["planted_planted"] == len(planted) and metrics["planted_unmatched"] == 0
+  assert metrics["planted_auroc"] == pytest.approx(diva_jax.auroc(score, truth), abs=1e-4)
+  f1 = 2 * np.sum(flags & truth) / (flags.sum() + truth.sum())
+  assert metrics["planted_f1"] == pytest.approx(f1, abs=1e-4)
+  with open(os.path.join(wd, "report.html")) as f:
+    assert "F1 of the flags against the planted errors" in f.read()
+
+
+def test_planted_list_given_explicitly_and_refused_when_bad(planted, tmp_path):
+  root, csv_path, npz_path, ids, noisy = planted
+  listed = tmp_path / "planted.json"
+  listed.write_text(json.dumps({"flipped": [i for i, m in zip(ids, noisy) if m] + ["nope"]}))
+  metrics = curate.run(_config(npz_path, planted=str(listed)), str(tmp_path / "wd"))
+  assert metrics["planted_planted"] == int(noisy.sum()) and metrics["planted_unmatched"] == 1
+  assert any("1 of the listed samples are not in the source" in w for w in metrics["warnings"])
+  bad = tmp_path / "bad.json"
+  bad.write_text("[1, 2]")
+  with pytest.raises(ConfigError, match="a 'flipped' list"):
+    curate.run(_config(npz_path, planted=str(bad)), str(tmp_path / "wd2"))
+  with pytest.raises(ConfigError, match="no such file"):
+    curate.run(_config(npz_path, planted=str(tmp_path / "none.json")), str(tmp_path / "wd3"))
+  assert not (tmp_path / "wd3").exists()
+
+
+def _npz(path, x, y):
+  np.savez(path, features=x.astype(np.float32), labels=y)
+  return str(path)
+
+
+def test_features_without_signal_are_said_and_nothing_is_removed(tmp_path, capfd):
+  """Random embeddings: a warning in the console, metrics.json, the report and LabelIssues;
+  cleaned_labels.csv keeps every sample."""
+  rng = np.random.default_rng(0)
+  y = rng.integers(0, 5, 500)
+  src = _npz(tmp_path / "rand.npz", rng.normal(size=(500, 64)), y)
+  wd = str(tmp_path / "wd")
+  metrics = curate.run(_config(src), wd)
+  assert metrics["flagged"] > 0
+  assert any("carry little signal" in w for w in metrics["warnings"]), metrics["warnings"]
+  assert "warning: the features carry little signal" in capfd.readouterr().err
+  with open(os.path.join(wd, "cleaned_labels.csv")) as f:
+    assert len(f.read().strip().splitlines()) == 1 + 500
+  with open(os.path.join(wd, "report.html")) as f:
+    html = f.read()
+  assert html.index("carry little signal") < html.index("<h2>Summary</h2>")  # at the top
+  with pytest.warns(RuntimeWarning, match="carry little signal"):
+    r = diva_jax.find_label_issues(y, features=rng.normal(size=(500, 64)))
+  assert any("carry little signal" in w for w in r.warnings)
+
+
+def test_a_class_the_features_do_not_separate_is_said_and_kept(tmp_path):
+  """One class's features replaced by other classes' (plus noise): named in a warning, and
+  cleaned_labels.csv keeps it with its given labels (no class silently removed)."""
+  rng = np.random.default_rng(1)
+  y = rng.integers(0, 5, 500)
+  x = rng.normal(size=(500, 64)) + 3 * np.eye(5, 64)[y]
+  zero, other = np.flatnonzero(y == 0), np.flatnonzero(y != 0)
+  x[zero] = x[rng.choice(other, zero.size)] + 0.3 * rng.normal(size=(zero.size, 64))
+  wd = str(tmp_path / "wd")
+  metrics = curate.run(_config(_npz(tmp_path / "e.npz", x, y)), wd)
+  assert any(w.startswith("class '0': the features do not separate it")
+             for w in metrics["warnings"]), metrics["warnings"]
+  assert metrics["classes_kept_whole"] == ["0"]
+  with open(os.path.join(wd, "cleaned_labels.csv")) as f:
+    kept = [r["label"] for r in csv.DictReader(f)]
+  assert kept.count("0") == zero.size
+  # the other classes are cleaned as usual
+  assert len(kept) < 500
+  check = diva_jax.curation.detect.signal_check(
+      y, diva_jax.find_label_issues(y, features=x).suggested_labels,
+      np.zeros(500, bool), 5)
+  assert not check.no_signal and check.unseparated == (0,)
+  # Informative features: no warning at all.
+  clean = rng.normal(size=(500, 64)) + 3 * np.eye(5, 64)[y]
+  assert diva_jax.find_label_issues(y, features=clean).warnings == ()

@@ -16,13 +16,19 @@ Outputs in the workdir:
                      derivative > eps; 'sign': every derivative > eps); labels by the
                      source's class names;
   cleaned_labels.csv id, path, label: the flagged samples removed, or relabelled to the
-                     suggestion with config.relabel;
+                     suggestion with config.relabel; nothing is removed on flags that mark
+                     noise (`detect.signal_check`): with features that carry no signal every
+                     sample is kept, and a class flagged whole or not separated by the
+                     features keeps its given labels (each said in a warning);
   label_issues.npy, label_quality_scores.npy   cleanlab-compatible: the boolean issue mask and
                      per-sample label quality (the LOO probability of the given label), in the
                      source's sample order;
   report.html        one self-contained file: summary, histogram, per-class table, the most
                      harmful samples with given and suggested labels;
-  metrics.json       the summary, timings, skipped files and warnings.
+  metrics.json       the summary, timings, skipped files and warnings (also printed, and at
+                     the top of the report); with a planted-noise list (config.planted, or
+                     <source>.planted_noise.json from export_image_folder) the flags' F1,
+                     precision, recall and the derivative's AUROC against it.
 """
 
 from __future__ import annotations
@@ -30,10 +36,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import os
+import sys
 import time
+import warnings
 
-from absl import logging
 import numpy as np
 
 from diva_jax.curation import detect as detection
@@ -108,6 +116,11 @@ def validate(config) -> None:
   common.check_choice(config, "threshold", ("auto", "sign"))
   if not isinstance(config.relabel, bool):
     raise ConfigError(f"relabel must be True or False, got {config.relabel!r}.")
+  if not isinstance(config.planted, str):
+    raise ConfigError(f"planted must be a path string ('' = <source>.planted_noise.json when "
+                      f"it exists), got {config.planted!r}.")
+  if config.planted and not os.path.isfile(os.path.expanduser(config.planted)):
+    raise ConfigError(f"planted {config.planted!r}: no such file.")
   src = os.path.expanduser(config.source)
   if not config.label_column and user_data.source_kind(src) == "tfds":
     if os.path.exists(src):
@@ -152,8 +165,8 @@ def _check_tfds_source(config) -> None:
   if not prepared:
     raise ConfigError(
         f"source {name!r} is a TFDS catalog dataset that is not prepared under "
-        f"{str(builder.data_dir_root)!r}: reading it needs a download. Prepare it on a machine with "
-        f"internet (`tfds build {base}`) and pass --config.data_dir=<its data dir>, or export "
+        f"{str(builder.data_dir_root)!r}: reading it needs a download. Prepare it on a machine "
+        f"with internet (`tfds build {base}`) and pass --config.data_dir=<its data dir>, or export "
         "it as an image folder.")
 
 
@@ -253,6 +266,47 @@ def _check_classes(s: _Samples) -> None:
     raise ConfigError(f"source has {len(s.labels)} samples: leave-one-out needs at least 3.")
 
 
+def _planted_path(config) -> str:
+  """The planted-noise list to score against: config.planted, else the one
+  export_image_folder writes beside a folder, else ''."""
+  if config.planted:
+    return os.path.expanduser(config.planted)
+  auto = os.path.expanduser(config.source).rstrip("/") + ".planted_noise.json"
+  return auto if os.path.isfile(auto) else ""
+
+
+def planted_scores(path, samples, flagged, deriv) -> dict:
+  """F1, precision, recall of the flags and AUROC of the derivative against the planted
+  label errors listed in `path` (JSON {"flipped": [...]}, each a sample's path relative to the
+  source, as export_image_folder writes them, or its id)."""
+  try:
+    with open(path) as f:
+      listed = json.load(f)["flipped"]
+    listed = [str(v) for v in listed]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ConfigError(f"planted {path!r}: expected a JSON object with a 'flipped' list of "
+                      f"sample paths or ids ({type(e).__name__}: {e}).") from None
+  keys = [p or i for p, i in zip(samples.paths, samples.ids)]
+  index = {k: j for j, k in enumerate(keys)}
+  index.update({i: j for j, i in enumerate(samples.ids)})
+  truth = np.zeros(len(keys), bool)
+  unknown = [v for v in listed if v not in index]
+  truth[[index[v] for v in listed if v in index]] = True
+  tp = int(np.sum(flagged & truth))
+  out = {"file": path, "planted": int(truth.sum()), "unmatched": len(unknown),
+         "f1": 2 * tp / max(int(flagged.sum()) + int(truth.sum()), 1),
+         "precision": tp / max(int(flagged.sum()), 1), "recall": tp / max(int(truth.sum()), 1),
+         "auroc": (detection.auroc(np.asarray(deriv, np.float64), truth)
+                   if 0 < truth.sum() < truth.size else float("nan"))}
+  return {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
+
+
+def _warn(message: str) -> None:
+  """One `warning: ...` line on stderr (process 0 only)."""
+  if common.is_main_process():
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def _write_csv(workdir, name, header, rows) -> None:
   """A CSV (RFC 4180 quoting, UTF-8: paths and class names may hold commas and any script)."""
   workdir.commit()
@@ -286,9 +340,9 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
   timings["load_seconds"] = time.perf_counter() - start
   wd.commit()  # valid: from here on, outputs (and the feature cache) are written
   for path, reason in samples.skipped:
-    logging.warning("skipped %s: %s", path, reason)
+    _warn(f"skipped {path}: {reason}")
   for w in samples.warnings:
-    logging.warning("%s", w)
+    _warn(w)
 
   start = time.perf_counter()
   if samples.features is not None:
@@ -311,12 +365,13 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
     bar = common.progress_bar("scoring")  # the default rule (diva_jax.find_label_issues)
     bar(0, 1)
     # Rows sharded over every device of every process (one device: the host path).
-    issues = label_issues.find_label_issues(
-        samples.labels, features=feats, num_classes=num_classes, loss=config.loss,
-        temperature=config.temperature, reg=config.reg if config.reg > 0 else None,
-        detection_reg_multiplier=common.detection_multiplier(config), threshold="sign",
-        outer=config.outer,
-        eps=float(config.eps), distributed=True)
+    with warnings.catch_warnings():  # curate states them itself, with the class names
+      warnings.filterwarnings("ignore", message="find_label_issues: ", category=RuntimeWarning)
+      issues = label_issues.find_label_issues(
+          samples.labels, features=feats, num_classes=num_classes, loss=config.loss,
+          temperature=config.temperature, reg=config.reg if config.reg > 0 else None,
+          detection_reg_multiplier=common.detection_multiplier(config), threshold="sign",
+          outer=config.outer, eps=float(config.eps), distributed=True)
     bar(1, 1)
     return {"derivative": issues.derivative, "loo_probs": issues.loo_probs,
             "suggested": issues.suggested_labels, "num_issues": np.int64(issues.num_issues),
@@ -342,17 +397,38 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
 
   names = samples.class_names
   order = np.argsort(-deriv, kind="stable")
+  check = detection.signal_check(samples.labels, suggested, flagged, num_classes)
+  found = detection.signal_warnings(check, names)
+  # Nothing is removed on flags that mark noise: with no signal, cleaned_labels.csv keeps
+  # every sample; a class flagged whole or not separated by the features stays with its
+  # given labels (label_issues.csv still shows every flag).
+  whole = (list(np.unique(samples.labels)) if check.no_signal
+           else sorted(set(check.flagged_whole) | set(check.unseparated)))
+  keep_class = np.isin(samples.labels, whole)
+  if whole and np.any(flagged & keep_class):
+    found.append("cleaned_labels.csv keeps " + (
+        "every sample (the features carry no signal)" if check.no_signal else
+        f"the class(es) {', '.join(repr(names[j]) for j in whole)} with their given labels"))
+  planted = _planted_path(config)
+  scored_planted = planted_scores(planted, samples, flagged, deriv) if planted else None
+  if scored_planted and scored_planted["unmatched"]:
+    found.append(f"planted: {scored_planted['unmatched']} of the listed samples are not in "
+                 "the source")
+  for w in found:
+    _warn(w)
+  samples.warnings.extend(found)
   _write_csv(wd, "label_issues.csv",
              ["id", "path", "given_label", "suggested_label", "derivative", "loo_prob_given",
               "flagged"],
              [[samples.ids[i], samples.paths[i], names[samples.labels[i]], names[suggested[i]],
                f"{deriv[i]:.6g}", f"{prob_given[i]:.6g}", int(flagged[i])] for i in order])
+  change = flagged & ~keep_class
   if config.relabel:
     cleaned = [[samples.ids[i], samples.paths[i],
-                names[suggested[i] if flagged[i] else samples.labels[i]]] for i in range(n)]
+                names[suggested[i] if change[i] else samples.labels[i]]] for i in range(n)]
   else:
     cleaned = [[samples.ids[i], samples.paths[i], names[samples.labels[i]]]
-               for i in range(n) if not flagged[i]]
+               for i in range(n) if not change[i]]
   _write_csv(wd, "cleaned_labels.csv", ["id", "path", "label"], cleaned)
   _save_npy(wd, "label_issues.npy", flagged)
   _save_npy(wd, "label_quality_scores.npy", prob_given)
@@ -366,6 +442,7 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
       "estimated_issues": num_issues,
       "flagged": int(flagged.sum()),
       "flagged_fraction": float(flagged.mean()),
+      "classes_kept_whole": [names[j] for j in whole if np.any(flagged & (samples.labels == j))],
       "flagged_by_sign_rule": int(np.sum(deriv > float(config.eps))),
       "suggested_differs_from_given": int(np.sum(suggested != samples.labels)),
       "reg": float(scored["reg"]),
@@ -373,6 +450,8 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
       "skipped_files": len(samples.skipped),
       **{k: round(v, 3) for k, v in timings.items()},
   }
+  if scored_planted:
+    summary.update({f"planted_{k}": v for k, v in scored_planted.items()})
   if wd.write:
     thumbs = samples.images if samples.images is not None else None
     report.write_report(
@@ -394,8 +473,14 @@ def _print_summary(summary, samples, names, order, deriv, suggested, flagged, wd
         f"classes, {summary['skipped_files']} files skipped)")
   print(f"flagged {summary['flagged']} ({100 * summary['flagged_fraction']:.1f}%; threshold "
         f"{summary['threshold']}: {summary['estimated_issues']} issues estimated, "
-        f"{summary['flagged_by_sign_rule']} with derivative > eps); reg {summary['reg']:.4g} (derivative at {summary['detection_reg']:.4g})"
+        f"{summary['flagged_by_sign_rule']} with derivative > eps); reg {summary['reg']:.4g} "
+        f"(derivative at {summary['detection_reg']:.4g})"
         f"; embed {summary['embed_seconds']:.1f}s, score {summary['score_seconds']:.1f}s")
+  if "planted_f1" in summary:
+    print(f"against the {summary['planted_planted']} planted label errors "
+          f"({summary['planted_file']}): F1 {summary['planted_f1']:.3f} (precision "
+          f"{summary['planted_precision']:.3f}, recall {summary['planted_recall']:.3f}), "
+          f"AUROC {summary['planted_auroc']:.3f}")
   print("most harmful:")
   for i in order[:5]:
     where = samples.paths[i] or samples.ids[i]

@@ -44,6 +44,9 @@ def get_config(arg=None):
   c.threshold = "auto"           # auto: only the k most harmful, k = estimate_num_issues | sign
   c.relabel = False              # cleaned_labels.csv: relabel flagged samples instead of dropping
   c.report_grid = 2000           # most harmful samples shown in report.html
+  c.planted = ""                 # a JSON {"flipped": [paths or ids]} of known label errors to
+                                 # score the flags against (F1, AUROC); "" = <source>
+                                 # .planted_noise.json when it exists (export_image_folder's)
   return apply_variants(c, arg, VARIANTS)
 
 

@@ -190,6 +190,13 @@ _SUMMARY_LABELS = {
     "reg": "ridge reg", "detection_reg": "reg of the derivative",
     "skipped_files": "files skipped", "load_seconds": "load (s)",
     "embed_seconds": "embed (s)", "score_seconds": "score (s)",
+    "classes_kept_whole": "classes kept whole in cleaned_labels.csv",
+    "planted_file": "planted label errors: list", "planted_planted": "planted label errors",
+    "planted_unmatched": "planted entries not in the source",
+    "planted_f1": "F1 of the flags against the planted errors",
+    "planted_precision": "precision against the planted errors",
+    "planted_recall": "recall against the planted errors",
+    "planted_auroc": "AUROC of the derivative against the planted errors",
 }
 
 

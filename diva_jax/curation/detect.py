@@ -27,6 +27,7 @@ from diva_jax.curation.checks import check_mask as _check_mask
 from diva_jax.curation.checks import check_real as _check_real
 
 __all__ = ["DetectionMetrics", "DetectionRegChoice", "detect_detrimental", "detection_metrics",
+           "SignalCheck", "signal_check", "signal_warnings",
            "auroc", "estimate_num_issues", "loo_probabilities", "confident_joint",
            "choose_detection_reg"]
 
@@ -46,6 +47,73 @@ def detect_detrimental(derivative, eps: float = 0.0, *, num_flagged=None) -> np.
   top = np.zeros(d.shape, bool)
   top[order] = True
   return flagged & top
+
+
+class SignalCheck(NamedTuple):
+  """`signal_check`'s verdict: whether the features carry signal about the labels at all, and
+  the classes they do not separate or whose every sample is flagged."""
+  no_signal: bool
+  accuracy: float          # the head's exact-LOO accuracy (suggested == given)
+  majority: float          # the accuracy of always answering the largest class
+  flagged_whole: tuple     # class indices whose every sample is flagged
+  unseparated: tuple       # class indices the features do not separate
+  recall: np.ndarray       # [c] per-class LOO recall (NaN for an empty class)
+  share: np.ndarray        # [c] share of all samples predicted as each class
+
+
+def signal_check(labels, suggested, flagged, num_classes: int) -> SignalCheck:
+  """What a user must know before trusting the flags, from the rule's own outputs (no test
+  labels, no noise mask):
+
+  * no signal: the exact-LOO accuracy of the head (its suggested labels against the given
+    ones) is not above what always answering the largest class gives, by two binomial
+    standard errors; the flags then mark noise, not label issues;
+  * a class flagged whole: every one of its samples is flagged;
+  * a class the features do not separate (>= 10 samples): its samples are predicted as it no
+    more often than all samples are (its LOO recall within two binomial standard errors of
+    that share), e.g. one class's features replaced by another's.
+  """
+  y = np.asarray(labels)
+  sug, fl = np.asarray(suggested), np.asarray(flagged, bool)
+  n = y.size
+  counts = np.bincount(y, minlength=num_classes)
+  acc = float(np.mean(sug == y))
+  prior = float(counts.max() / n)
+  no_signal = bool(acc <= prior + 2.0 * np.sqrt(prior * (1.0 - prior) / n))
+  share = np.bincount(sug, minlength=num_classes)[:num_classes] / n
+  recall = np.full(num_classes, np.nan)
+  whole, unsep = [], []
+  for j in np.flatnonzero(counts):
+    mine = y == j
+    recall[j] = np.mean(sug[mine] == j)
+    if fl[mine].all():
+      whole.append(int(j))
+    elif counts[j] >= 10 and recall[j] <= share[j] + 2.0 * np.sqrt(
+        share[j] * (1 - share[j]) / counts[j]):
+      unsep.append(int(j))
+  return SignalCheck(no_signal, acc, prior, tuple(whole), tuple(unsep), recall, share)
+
+
+def signal_warnings(check: SignalCheck, class_names=None) -> list[str]:
+  """`check` in words, one message per finding (empty when the features look fine)."""
+  c = len(check.recall)
+  names = list(class_names) if class_names is not None else [str(j) for j in range(c)]
+  out = []
+  if check.no_signal:
+    out.append(f"the features carry little signal about the labels: the head's exact "
+               f"leave-one-out accuracy is {check.accuracy:.3f}, and always answering the "
+               f"largest class gives {check.majority:.3f}; the flags then mark noise, not label "
+               f"issues (check the features or the backbone)")
+  for j in check.flagged_whole:
+    out.append(f"every sample of class {names[j]!r} is flagged (its leave-one-out recall is "
+               f"{check.recall[j]:.2f}): its features may not separate it, rather than all its "
+               f"labels being wrong")
+  if not check.no_signal:
+    for j in check.unseparated:
+      out.append(f"class {names[j]!r}: the features do not separate it (leave-one-out recall "
+                 f"{check.recall[j]:.2f}, while {check.share[j]:.2f} of all samples are "
+                 f"predicted as it); its flags mark noise, not label issues")
+  return out
 
 
 def loo_probabilities(loo_predictions, temperature: float) -> np.ndarray:

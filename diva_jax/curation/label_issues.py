@@ -56,6 +56,18 @@ class LabelIssues(NamedTuple):
   reg: float                     # the fit's reg (exact-LOO optimum unless given)
   detection_reg: float           # the reg the derivative is taken at
   loo_loss: float                # the mean LOO loss at detection_reg
+  warnings: tuple = ()           # `detect.signal_check` in words: features without signal,
+                                 # classes flagged whole or not separated (each also issued
+                                 # as a RuntimeWarning)
+
+
+def _with_warnings(issues: "LabelIssues", y: np.ndarray, c: int) -> "LabelIssues":
+  """`issues` with `detection.signal_warnings` filled in, each also issued as a warning."""
+  found = tuple(detection.signal_warnings(
+      detection.signal_check(y, issues.suggested_labels, issues.flagged, c)))
+  for w in found:
+    warnings.warn(f"find_label_issues: {w}.", RuntimeWarning, stacklevel=4)
+  return issues._replace(warnings=found)
 
 
 def _check_labels(labels, num_classes) -> tuple[np.ndarray, int]:
@@ -194,11 +206,11 @@ def find_label_issues(labels, *, features=None, kernel=None, num_classes: Option
   num_issues = detection.estimate_num_issues(probs, y)
   flagged = detection.detect_detrimental(
       deriv, eps, num_flagged=num_issues if threshold == "auto" else None)
-  return LabelIssues(
+  return _with_warnings(LabelIssues(
       flagged=flagged, ranking=np.argsort(-deriv, kind="stable"), derivative=deriv,
       loo_probs=probs, suggested_labels=np.argmax(loo, 1), quality_scores=probs[np.arange(n), y],
       num_issues=int(num_issues), num_positive=int(np.sum(deriv > eps)), reg=float(reg),
-      detection_reg=float(det_reg), loo_loss=float(value))
+      detection_reg=float(det_reg), loo_loss=float(value)), y, c)
 
 
 def _streamed(y, c, features, *, loss, temperature, reg, detection_reg_multiplier, threshold,
@@ -222,12 +234,12 @@ def _streamed(y, c, features, *, loss, temperature, reg, detection_reg_multiplie
                   f"grid (reg = {r['reg']:.3g}); the best reg may lie outside it.",
                   RuntimeWarning, stacklevel=3)
   deriv = r["derivative"]
-  return LabelIssues(
+  return _with_warnings(LabelIssues(
       flagged=r["flagged"], ranking=np.argsort(-deriv, kind="stable"), derivative=deriv,
       loo_probs=r["probs"], suggested_labels=r["suggested"], quality_scores=r["quality"],
       num_issues=int(r["num_issues"]), num_positive=int(np.sum(deriv > eps)),
       reg=float(r["reg"]), detection_reg=float(r["detection_reg"]),
-      loo_loss=float(r["loo_loss"]))
+      loo_loss=float(r["loo_loss"])), y, c)
 
 
 def refit_test_error(keep, labels, features, test_features, test_labels, *,

@@ -35,7 +35,6 @@ dual form is exact) the call is refused.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
