@@ -26,7 +26,7 @@ def get_config(arg=None):
                  "second_round", "cleaned_confidence", "rbf_kernel", "linear_and_rbf",
                  "knn_disagreement", "readmit", "relabel", "soft_relabel", "remove_reweight",
                  "oracle_count", "random_errors")
-  c.multiplier = 10.0            # the derivative at this multiple of the exact-LOO reg
+  c.detection_reg_multiplier = 10.0  # the derivative at this multiple (> 0) of the exact-LOO reg
   c.ensemble_multipliers = (3.0, 10.0, 30.0, 100.0)
   c.rbf_bandwidth = 1.0          # x the median squared distance between training features
   c.rbf_max_n = 12000            # the [n, n] kernel / distances (float64): 1.15 GB at 12,000

@@ -62,22 +62,6 @@ from diva_jax.parallel.sharding import sharded_gram
 
 __version__ = "0.1.0"
 
-# Module paths before the subpackages (``from diva_jax import streaming`` keeps working).
-_MOVED = {
-    "streaming": "diva_jax.loo.streaming", "validation": "diva_jax.loo.heldout",
-    "reg_selection": "diva_jax.loo.reg", "closed_form": "diva_jax.loo.closed_form",
-    "results": "diva_jax.loo.results", "backend": "diva_jax.loo.backends.dispatch",
-    "detection": "diva_jax.curation.detect", "label_issues": "diva_jax.curation.label_issues",
-    "sharding": "diva_jax.parallel.sharding", "distributed": "diva_jax.parallel.multihost",
-}
-
-
-def __getattr__(name):
-  if name in _MOVED:
-    import importlib  # pylint: disable=g-import-not-at-top
-    return importlib.import_module(_MOVED[name])
-  raise AttributeError(f"module 'diva_jax' has no attribute {name!r}")
-
 __all__ = [
     "BACKENDS", "LOSSES", "LooResult", "RegSelection", "DetectionMetrics", "ExtendResult",
     "GroupReweightResult", "ReweightResult", "DetectionRegChoice", "LabelIssues",

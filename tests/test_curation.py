@@ -540,7 +540,7 @@ def test_choose_detection_reg_loo_matches_brute_force(refit_reg, num_flagged, cr
   noisy, _ = _flip(labels, 0.2, 3, rng)
   y = np.eye(3)[noisy]
   reg, mults, temp = 0.5, (0.3, 3.0, 30.0), 0.5
-  res = diva_jax.choose_detection_reg(y, z, noisy, reg=reg, multipliers=mults, loss="ce",
+  res = diva_jax.choose_detection_reg(y, noisy, features=z, reg=reg, multipliers=mults, loss="ce",
                                       temperature=temp, num_flagged=num_flagged,
                                       refit_reg=refit_reg, criterion=criterion)
   ref = [_brute_force_removal(z, y, noisy, reg, m, "ce", temp, num_flagged, refit_reg,
@@ -559,7 +559,7 @@ def test_choose_detection_reg_cv_matches_brute_force():
   noisy, _ = _flip(labels, 0.2, 3, rng)
   y = np.eye(3)[noisy]
   reg, mults = 0.5, (1.0, 10.0)
-  res = diva_jax.choose_detection_reg(y, z, noisy, reg=reg, multipliers=mults, method="cv",
+  res = diva_jax.choose_detection_reg(y, noisy, features=z, reg=reg, multipliers=mults, method="cv",
                                       folds=3, seed=4, refit_reg=1.0, criterion="error")
   fold = np.random.default_rng(4).permutation(60) % 3
   flagged, wrong = np.zeros(2), np.zeros(2)
@@ -574,7 +574,7 @@ def test_choose_detection_reg_cv_matches_brute_force():
   np.testing.assert_allclose(res.errors, wrong / 60, atol=1e-12)
   assert res.multiplier == mults[int(np.argmin(wrong))]
   # The flags on all the data at the chosen multiplier: the automatic threshold's top k.
-  full = diva_jax.choose_detection_reg(y, z, noisy, reg=reg, multipliers=(res.multiplier,),
+  full = diva_jax.choose_detection_reg(y, noisy, features=z, reg=reg, multipliers=(res.multiplier,),
                                        refit_reg=1.0)
   np.testing.assert_array_equal(res.flagged, full.flagged)
 
@@ -593,10 +593,10 @@ def test_choose_detection_reg_argument_errors():
   ]
   for kwargs, match in cases:
     with pytest.raises(ValueError, match=match):
-      diva_jax.choose_detection_reg(y, z, labels, **{**ok, **kwargs})
+      diva_jax.choose_detection_reg(y, labels, features=z, **{**ok, **kwargs})
   with pytest.raises(ValueError, match="labels"):
-    diva_jax.choose_detection_reg(y, z, labels[:-1], reg=1.0)
+    diva_jax.choose_detection_reg(y, labels[:-1], features=z, reg=1.0)
   with pytest.raises(ValueError, match="labels"):
-    diva_jax.choose_detection_reg(y, z, labels + 3, reg=1.0)
+    diva_jax.choose_detection_reg(y, labels + 3, features=z, reg=1.0)
   with pytest.raises(ValueError, match="rows"):
-    diva_jax.choose_detection_reg(y, z[:-1], labels, reg=1.0)
+    diva_jax.choose_detection_reg(y, labels, features=z[:-1], reg=1.0)

@@ -44,7 +44,8 @@ def _start(module, args, nproc=1, devices=1):
   for i in range(nproc):
     dist = loopback.distributed_flags(port, nproc, i) if nproc > 1 else []
     procs.append(subprocess.Popen(
-        [sys.executable, "-m", module] + dist + args, cwd=REPO, env=_env(devices),
+        [sys.executable, "-m", module] + dist + args + ["--verbosity=0"], cwd=REPO,
+        env=_env(devices),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
   return procs
 

@@ -183,14 +183,14 @@ def test_refit_test_error_matches_a_numpy_refit():
   tx, _, ty = _data(n=30, seed=4)
   keep = np.ones(60, bool)
   keep[:6] = False
-  err = diva_jax.refit_test_error(keep, noisy, x, tx, ty, reg=0.5)
+  err = diva_jax.refit_test_error(keep, noisy, features=x, test_features=tx, test_labels=ty, reg=0.5)
   w = _fit(x[keep], np.eye(3)[noisy[keep]], np.ones(keep.sum()), 0.5)
   assert err == pytest.approx(np.mean((tx @ w).argmax(1) != ty))
   # reg re-chosen on the kept samples when not given; NaN below two kept samples.
   chosen = float(diva_jax.select_reg(np.eye(3)[noisy[keep]], features=x[keep], loss="ce",
                                      temperature=0.3).reg)
-  assert diva_jax.refit_test_error(keep, noisy, x, tx, ty) == pytest.approx(
-      diva_jax.refit_test_error(keep, noisy, x, tx, ty, reg=chosen))
-  assert np.isnan(diva_jax.refit_test_error(np.arange(60) == 0, noisy, x, tx, ty))
+  assert diva_jax.refit_test_error(keep, noisy, features=x, test_features=tx, test_labels=ty) == pytest.approx(
+      diva_jax.refit_test_error(keep, noisy, features=x, test_features=tx, test_labels=ty, reg=chosen))
+  assert np.isnan(diva_jax.refit_test_error(np.arange(60) == 0, noisy, features=x, test_features=tx, test_labels=ty))
   with pytest.raises(ValueError, match="test_features must have d = 12"):
-    diva_jax.refit_test_error(keep, noisy, x, tx[:, :5], ty)
+    diva_jax.refit_test_error(keep, noisy, features=x, test_features=tx[:, :5], test_labels=ty)

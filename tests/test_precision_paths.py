@@ -31,7 +31,7 @@ def _paths():
       "streamed xla": lambda a, y, z, reg, **k: streaming.streamed_loo_loss_and_derivative(
           a, y, features=z, reg=reg, backend="xla", block_size=128, **k),
       "sharded": lambda a, y, z, reg, **k: distributed.sharded_loo_loss_and_derivative(
-          a, y, z, reg=reg, **k),
+          a, y, features=z, reg=reg, **k),
   }
 
 

@@ -224,7 +224,7 @@ def test_killed_run_resumes_to_the_same_results(shared_dirs, tmp_path):
           f"--config.data_dir={shared_dirs[0]}", "--config.cv_logistic=True",
           "--config.logistic_max_iter=300", "--config.plots=False",
           "--config.sensitivity_losses=('mse',)",
-          "--config.sensitivity_reg_multipliers=(1.0,)"]
+          "--config.sensitivity_reg_multipliers=(1.0,)", "--verbosity=0"]  # stage log lines
   run = lambda wd: subprocess.Popen([sys.executable, "-m", "experiments.outlier_rejection",
                                      f"--workdir={wd}"] + args, cwd=REPO,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -51,12 +51,12 @@ def test_sharded_derivative_on_one_device_is_the_host_path():
   z = rng.normal(size=(40, 6))
   y = np.eye(3)[rng.integers(0, 3, 40)]
   w = np.ones(40)
-  value, deriv = distributed.sharded_loo_loss_and_derivative(w, y, z, reg=0.5, loss="ce")
+  value, deriv = distributed.sharded_loo_loss_and_derivative(w, y, features=z, reg=0.5, loss="ce")
   ref = diva_jax.loo_loss_and_derivative(w, y, features=z, reg=0.5, loss="ce")
   assert value == pytest.approx(float(ref.value), rel=1e-12)
   np.testing.assert_allclose(deriv, np.asarray(ref.derivative), rtol=1e-10, atol=1e-14)
   with pytest.raises(ValueError, match="targets"):
-    distributed.sharded_loo_loss_and_derivative(w, y[:-1], z, reg=0.5)
+    distributed.sharded_loo_loss_and_derivative(w, y[:-1], features=z, reg=0.5)
 
 
 def test_binary_refuses_partial_distributed_flags_in_one_line(tmp_path):

@@ -51,7 +51,10 @@ def test_two_processes_give_the_one_process_result(tmp_path, n, d, c, block, reg
     r = np.load(f"{out}{pid}.npz")
     np.testing.assert_array_equal(r["flagged"], ref.flagged)
     assert int(r["num_issues"]) == ref.num_issues
-    assert float(r["reg"]) == ref.reg and float(r["detection_reg"]) == ref.detection_reg
+    # the same grid point; the scale trace(G) / n summed in another order may differ in its
+    # last bit
+    assert float(r["reg"]) == pytest.approx(ref.reg, rel=1e-12)
+    assert float(r["detection_reg"]) == pytest.approx(ref.detection_reg, rel=1e-12)
     np.testing.assert_allclose(r["derivative"], ref.derivative, rtol=1e-5,
                                atol=1e-6 * np.abs(ref.derivative).max())
     np.testing.assert_allclose(r["probs"], ref.loo_probs, rtol=1e-5, atol=1e-7)

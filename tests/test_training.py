@@ -145,7 +145,7 @@ def test_state_round_trips_through_an_orbax_checkpoint(tmp_path):
 
 def test_binary_runlocal_smoke_and_resume(tmp_path):
   wd = tmp_path / "w"
-  cmd = [sys.executable, "-m", "experiments.train_with_diva", f"--workdir={wd}",
+  cmd = [sys.executable, "-m", "experiments.train_with_diva", f"--workdir={wd}", "--verbosity=0",
          "--config=configs/train_with_diva.py:runlocal", "--config.epochs=3",
          "--config.methods=('plain','diva','oracle')"]
   r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -198,7 +198,7 @@ def test_training_from_a_block_is_the_same_split_over_devices():
   # the one device's, up to the order of float sums.
   rng = np.random.default_rng(0)
   n, c = 48, 3
-  shape = train_with_diva.models.activation_shape(15, 32)
+  shape = train_nets.models.activation_shape(15, 32)
   x = rng.normal(size=(n, *shape)).astype(np.float32)
   labels = rng.integers(0, c, n)
   noisy = labels.copy()
@@ -222,7 +222,7 @@ def test_whole_network_trunk_is_efficientnet_on_the_images():
   images = np.random.default_rng(1).integers(0, 256, (3, 28, 28), np.uint8)
   net = train_nets.efficientnet_net(0, 4, 32)
   pen, out = jax.jit(net.apply)(net.init(jax.random.PRNGKey(0)), jnp.asarray(images))
-  ref = train_with_diva.models.efficientnet_lite0(pretrained=True, input_size=32)
+  ref = train_nets.models.efficientnet_lite0(pretrained=True, input_size=32)
   np.testing.assert_allclose(pen, ref.features(images), rtol=1e-4, atol=1e-4)
   assert out.shape == (3, 4)
 
@@ -238,7 +238,7 @@ def test_binary_on_two_processes_trains_from_a_cached_block_like_one_process(tmp
            "--config.noise=('uniform:0.3',)", "--config.train_batch_size=32",
            "--config.trunk=block:15", "--config.epochs=2",
            "--config.methods=('plain','diva','diva_frozen')", "--config.diva_reg=every_step",
-           "--config.plots=False", f"--config.cache_dir={cache}"]
+           "--config.plots=False", f"--config.cache_dir={cache}", "--verbosity=0"]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   env.pop("JAX_ENABLE_X64", None)
   port = loopback.free_port()

@@ -230,7 +230,7 @@ def test_folder_errors(tmp_path, digits):
   (tmp_path / "a").mkdir()
   (tmp_path / "b").mkdir()
   (tmp_path / "a" / "x.png").write_text("text")
-  with pytest.raises(ValueError, match=r"no readable image.*1 files skipped.*a/x.png"):
+  with pytest.raises(ValueError, match=r"no readable image.*1 file skipped.*a/x.png"):
     ud.load_image_folder(str(tmp_path), size=SIZE)
   _save(str(tmp_path / "a" / "y.png"), digits[0][0], "L")
   with pytest.raises(ValueError, match="at least 2 classes"):
@@ -267,7 +267,7 @@ def test_npz_int_labels_with_class_names(tmp_path):
     ud.load_embeddings(str(tmp_path / "bad.npz"))
   np.savez(tmp_path / "unk.npz", features=x, labels=np.array(["a", "z", "a", "b", "b"]),
            class_names=np.array(["a", "b"]))
-  with pytest.raises(ValueError, match=r"1 labels are not in class_names: \['z'\]"):
+  with pytest.raises(ValueError, match=r"1 label is not in class_names: \['z'\]"):
     ud.load_embeddings(str(tmp_path / "unk.npz"))
 
 

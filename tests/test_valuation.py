@@ -148,7 +148,8 @@ def test_ridge_downstream_matches_the_library_refit():
   for k in (5, 25, 40, 59):          # below and above half: both code paths
     keep = np.zeros(60, bool)
     keep[rng.permutation(60)[:k]] = True
-    want = 1 - diva_jax.refit_test_error(keep, y, x, xt, yt, reg=2.5, num_classes=3)
+    want = 1 - diva_jax.refit_test_error(keep, y, features=x, test_features=xt,
+                                       test_labels=yt, reg=2.5, num_classes=3)
     assert head(keep) == pytest.approx(want)
 
 

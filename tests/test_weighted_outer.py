@@ -116,7 +116,7 @@ def test_sharded_weighted_outer_equals_in_memory():
   z, y, a, _ = _problem(n=29, d=5, seed=3)
   ref = diva_jax.loo_loss_and_derivative(a, y, features=z, reg=0.4, loss="ce",
                                          temperature=0.3, outer="weighted")
-  got = multihost.sharded_loo_loss_and_derivative(a, y, z, reg=0.4, loss="ce",
+  got = multihost.sharded_loo_loss_and_derivative(a, y, features=z, reg=0.4, loss="ce",
                                                   temperature=0.3, outer="weighted")
   np.testing.assert_allclose(float(got.value), float(ref.value), rtol=1e-10)
   np.testing.assert_allclose(np.asarray(got.derivative), np.asarray(ref.derivative),

@@ -257,7 +257,7 @@ def _refit_predictions(targets, x, keep, loss, temperature, refit_reg, test_x):
   return np.asarray(validation.ridge_predict(w, targets, features=x, reg=r, test_features=test_x))
 
 
-def choose_detection_reg(targets, features, labels, *, reg, multipliers=(1, 3, 10, 30, 100, 300),
+def choose_detection_reg(targets, labels, *, features, reg, multipliers=(1, 3, 10, 30, 100, 300),
                          method: str = "loo", criterion: str = "mse", loss: str = "mse",
                          temperature: float = 1.0,
                          num_flagged=None, refit_reg=None, folds: int = 5,

@@ -196,7 +196,7 @@ def find_label_issues(labels, *, features=None, kernel=None, num_classes: Option
   det_reg = reg * mult
   if distributed:
     value, deriv = dist.sharded_loo_loss_and_derivative(
-        ones, targets, data, reg=det_reg, loss=loss, temperature=temperature, outer=outer)
+        ones, targets, features=data, reg=det_reg, loss=loss, temperature=temperature, outer=outer)
   else:
     value, deriv = _loo.loo_loss_and_derivative(ones, targets, reg=det_reg, loss=loss,
                                                 temperature=temperature, outer=outer, **src)
@@ -242,7 +242,7 @@ def _streamed(y, c, features, *, loss, temperature, reg, detection_reg_multiplie
       loo_loss=float(r["loo_loss"])), y, c)
 
 
-def refit_test_error(keep, labels, features, test_features, test_labels, *,
+def refit_test_error(keep, labels, *, features, test_features, test_labels,
                      reg: Optional[float] = None, loss: str = "ce",
                      temperature: float = 0.3, num_classes: Optional[int] = None) -> float:
   """Classification error on a test set of the ridge head refit on the kept samples only.

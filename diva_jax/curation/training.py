@@ -82,7 +82,7 @@ def features_reg(features, targets, *, loss: str = "ce", temperature: float = 0.
 
 def update(state: DivaState, tx: optax.GradientTransformation, features, targets, *,
            reg: Optional[float] = None, loss: str = "ce", temperature: float = 0.3,
-           reg_multiplier: float = 10.0, max_weight: Optional[float] = None,
+           derivative_reg_multiplier: float = 10.0, max_weight: Optional[float] = None,
            backend: str = "auto") -> DivaState:
   """One projected step of the weights on the dataset derivative at the current features.
 
@@ -93,9 +93,9 @@ def update(state: DivaState, tx: optax.GradientTransformation, features, targets
       penultimate activations with a bias column, or projected Jacobian features).
     targets: [n, c] one-hot (noisy) labels.
     reg: the ridge reg of the LOO head; None: `features_reg` (exact-LOO optimum x
-      `reg_multiplier`, eager).
+      `derivative_reg_multiplier`, eager).
     loss, temperature: the LOO loss (cross-entropy at T = 0.3: the detection setting).
-    reg_multiplier: see `reg`.
+    derivative_reg_multiplier: see `reg`.
     max_weight: optional upper bound of the weights (projection onto [0, max_weight]).
     backend: as in `loo_loss_and_derivative`.
 
@@ -107,7 +107,7 @@ def update(state: DivaState, tx: optax.GradientTransformation, features, targets
     max_weight = cc.check_real("max_weight", max_weight, positive=True)
   if reg is None:
     reg = features_reg(features, targets, loss=loss, temperature=temperature,
-                       multiplier=reg_multiplier)
+                       multiplier=derivative_reg_multiplier)
   value, deriv = _loo.loo_loss_and_derivative(
       state.weights, jnp.asarray(targets, state.weights.dtype), features=features, reg=reg,
       loss=loss, temperature=temperature, backend=backend)
@@ -123,7 +123,7 @@ def update(state: DivaState, tx: optax.GradientTransformation, features, targets
 def search_update(state: DivaState, features, targets, *, reg: Optional[float] = None,
                   max_step: float = 1.0, steps: int = 1, max_backtracks: int = 10,
                   armijo: float = 1e-4, loss: str = "ce", temperature: float = 0.3,
-                  reg_multiplier: float = 10.0, max_weight: Optional[float] = None
+                  derivative_reg_multiplier: float = 10.0, max_weight: Optional[float] = None
                   ) -> DivaState:
   """`steps` weight steps whose size the LOO loss chooses (no learning rate to tune).
 
@@ -138,7 +138,8 @@ def search_update(state: DivaState, features, targets, *, reg: Optional[float] =
 
   Args:
     state: from `init` or a previous update (its `opt_state` is carried unchanged).
-    features, targets, reg, loss, temperature, reg_multiplier, max_weight: as in `update`.
+    features, targets, reg, loss, temperature, derivative_reg_multiplier, max_weight: as in
+      `update`.
     max_step: the largest weight change tried first, > 0 (1: a weight may go from 1 to 0).
     steps: line-searched steps on these features, an integer >= 1.
     max_backtracks: halvings tried per step, an integer >= 0.
@@ -152,7 +153,7 @@ def search_update(state: DivaState, features, targets, *, reg: Optional[float] =
   steps = cc.check_int("steps", steps, 1)
   if reg is None:
     reg = features_reg(features, targets, loss=loss, temperature=temperature,
-                       multiplier=reg_multiplier)
+                       multiplier=derivative_reg_multiplier)
   dtype = state.weights.dtype
   res = _steps.reweight(state.weights, jnp.asarray(targets, dtype), features=features,
                         reg=reg, steps=steps, learning_rate=max_step, loss=loss,

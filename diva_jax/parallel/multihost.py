@@ -204,8 +204,8 @@ def load_npz_bytes(data: bytes) -> dict:
 # The derivative on a row-sharded array.
 
 
-def sharded_loo_loss_and_derivative(weights: np.ndarray, targets: np.ndarray,
-                                    features: np.ndarray, *, reg: float, loss: str = "mse",
+def sharded_loo_loss_and_derivative(weights: np.ndarray, targets: np.ndarray, *,
+                                    features: np.ndarray, reg: float, loss: str = "mse",
                                     temperature: float = 1.0, outer: str = "mean"):
   """``diva_jax.loo_loss_and_derivative`` over the devices of every process.
 

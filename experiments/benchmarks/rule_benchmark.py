@@ -75,8 +75,12 @@ _CHILD = textwrap.dedent("""
       flagged = find_label_issues(y, probs, n_jobs=1)
       out.update(flagged=flagged, score=1.0 - probs[np.arange(len(y)), y])
     seconds = time.perf_counter() - start
-    res = {"seconds": seconds,
-           "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    # This process's own high-water mark (VmHWM): getrusage's ru_maxrss would count the
+    # parent's pages at fork, which survive exec on Linux.
+    with open("/proc/self/status") as f:
+      hwm = [ln for ln in f if ln.startswith("VmHWM:")]
+    kib = int(hwm[0].split()[1]) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    res = {"seconds": seconds, "peak_rss_gib": kib / 2**20}
     if "flagged" in out:
       from diva_jax.curation import detect
       f = np.asarray(out["flagged"], bool)

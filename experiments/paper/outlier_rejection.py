@@ -190,8 +190,9 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
     """Test error after removing samples: reg re-chosen on the kept ones (unless config.reg
     is given), then refit; NaN (None in metrics.json) if fewer than 2 are kept."""
     return label_issues.refit_test_error(
-        keep, noisy, x, test.features, test.labels, reg=config.reg if config.reg > 0 else None,
-        loss=config.loss, temperature=config.temperature)
+        keep, noisy, features=x, test_features=test.features, test_labels=test.labels,
+        reg=config.reg if config.reg > 0 else None, loss=config.loss,
+        temperature=config.temperature)
 
   def curation_stage():
     err = lambda w: common.test_error(w, targets, x, reg, test.features, test.labels)

@@ -64,7 +64,8 @@ def validate(config) -> list[int]:
 
 def _refit(config, targets, x, keep, test):
   return 100 * label_issues.refit_test_error(
-      keep, targets.argmax(1), x, test.features, test.labels,
+      keep, targets.argmax(1), features=x, test_features=test.features,
+      test_labels=test.labels,
       reg=config.reg if config.reg > 0 else None, loss=config.loss,
       temperature=config.temperature, num_classes=targets.shape[1])
 

@@ -128,7 +128,8 @@ def _one_run(c, train_x, train_labels, test_x, test_labels, num_classes, rate, s
   reg, d, k, flagged = issues.reg, issues.derivative, issues.num_issues, issues.flagged
 
   def refit_error(keep):  # in %; None when fewer than 2 samples are kept
-    err = label_issues.refit_test_error(keep, noisy, train_x, test_x, test_labels,
+    err = label_issues.refit_test_error(keep, noisy, features=train_x, test_features=test_x,
+                                        test_labels=test_labels,
                                         loss=c.loss, temperature=c.temperature,
                                         num_classes=num_classes)
     return None if np.isnan(err) else 100 * err

@@ -7,7 +7,8 @@ curation of the training set without test labels or noise mask:
 
   derivative         the plain rule ("the default" below; the binary's default before
                      shifted views): the `estimate_num_issues` most harmful samples of the
-                     dataset derivative at `multiplier` x the exact-LOO reg (sign rule as cap);
+                     dataset derivative at `detection_reg_multiplier` x the exact-LOO reg
+                     (sign rule as cap);
   shift_views        the same rule on the backbone's features averaged over each image and
                      its four copies shifted by `view_shift` of the side
                      (`common.detection_features`); the refit stays on the original features;
@@ -83,7 +84,7 @@ def validate(config) -> None:
   if not config.detectors or unknown:
     raise ConfigError(f"detectors must be a non-empty subset of {DETECTORS + CONTROLS}, got "
                       f"{tuple(config.detectors)}.")
-  common.check_float(config, "multiplier", low=0.0, low_open=True)
+  common.check_float(config, "detection_reg_multiplier", low=0.0, low_open=True)
   grid = tuple(config.ensemble_multipliers)
   if len(grid) < 2 or not all(isinstance(m, (int, float)) and not isinstance(m, bool)
                               and m > 0 for m in grid):
@@ -157,13 +158,14 @@ class _Seed:
     """The library's default rule (`diva_jax.find_label_issues`) on features or a kernel."""
     return self.dj.find_label_issues(
         self.noisy, num_classes=self.num_classes, loss=self.c.loss,
-        temperature=self.c.temperature, detection_reg_multiplier=self.c.multiplier, **kw)
+        temperature=self.c.temperature,
+        detection_reg_multiplier=self.c.detection_reg_multiplier, **kw)
 
   def default(self):
     """The default rule on the plain features (its derivative seeds the cache)."""
     if not hasattr(self, "_default"):
       res = self._rule(features=self.x, reg=self.reg)
-      self._deriv[(self.c.multiplier, None, None, ())] = res.derivative
+      self._deriv[(self.c.detection_reg_multiplier, None, None, ())] = res.derivative
       self._default = res.flagged
     return self._default
 
@@ -186,11 +188,11 @@ def _detect(name, s: _Seed, c):
   if name == "shift_views":
     return remove(s.views_flags())
   if name == "rank_ensemble":
-    d = s.derivative(c.multiplier)
+    d = s.derivative(c.detection_reg_multiplier)
     score = sum(_ranks(s.derivative(float(m))) for m in c.ensemble_multipliers)
     return remove(_top(score, s.k, d > 0))
   if name == "class_conditional":
-    d = s.derivative(c.multiplier)
+    d = s.derivative(c.detection_reg_multiplier)
     kj = confident_joint_rows(s.probs, s.noisy, s.num_classes)
     flags = np.zeros(s.n, bool)
     for j in range(s.num_classes):
@@ -203,7 +205,7 @@ def _detect(name, s: _Seed, c):
     w = keep.astype(np.float32)
     reg = s.select_reg(keep)
     if name == "second_round":
-      d = s.derivative(c.multiplier, w, reg)
+      d = s.derivative(c.detection_reg_multiplier, w, reg)
       p = s.loo_probs(w, reg)
       k2 = s.dj.estimate_num_issues(p[keep], s.noisy[keep])
       return remove(first | _top(d, k2, keep & (d > 0)))
@@ -212,7 +214,7 @@ def _detect(name, s: _Seed, c):
       k2 = s.dj.estimate_num_issues(p, s.noisy)
       return remove(_top(-p[np.arange(s.n), s.noisy], k2))
     if name == "readmit":
-      d = s.derivative(c.multiplier, w, reg)
+      d = s.derivative(c.detection_reg_multiplier, w, reg)
       return remove(first & ~(d < 0))
     if name == "soft_relabel":
       targets = s.t.copy()
@@ -225,7 +227,7 @@ def _detect(name, s: _Seed, c):
     flags = s.rbf_flags()
     return remove(flags if name == "rbf_kernel" else flags & s.default())
   if name == "knn_disagreement":
-    d = s.derivative(c.multiplier)
+    d = s.derivative(c.detection_reg_multiplier)
     disagree = (s.noisy[s.neighbours] != s.noisy[:, None]).mean(1)
     return remove(_top(disagree + 1e-9 * _ranks(d) / s.n, s.k))
   if name == "relabel":
@@ -265,7 +267,7 @@ def _one_seed(c, x, labels, xte, yte, num_classes, seed, kernel, neighbours, x_v
       record(name, w, targets,
              flags=s.default() if name in ("relabel", "soft_relabel") else None)
   if "oracle_count" in c.detectors:
-    record("oracle_count", (~_top(s.derivative(c.multiplier), int(flipped.sum()))
+    record("oracle_count", (~_top(s.derivative(c.detection_reg_multiplier), int(flipped.sum()))
                             ).astype(np.float32))
   if "random_errors" in c.detectors:
     flags = s.default()

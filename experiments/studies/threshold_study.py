@@ -100,7 +100,8 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
         if config.test_errors:
           def refit_error(keep):  # reg re-chosen by exact LOO on the kept samples; in %
             err = label_issues.refit_test_error(
-                keep, noisy, feats, test.features, test.labels,
+                keep, noisy, features=feats, test_features=test.features,
+                test_labels=test.labels,
                 reg=c.reg if c.reg > 0 else None, loss=c.loss, temperature=c.temperature,
                 num_classes=num_classes)
             return None if np.isnan(err) else 100 * err
@@ -114,7 +115,7 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
               else errors["test_error_auto_removal"] - errors["test_error_oracle_removal"])
         if config.choose_multiplier:
           ch = diva_jax.choose_detection_reg(
-              t, feats, noisy, reg=reg, multipliers=tuple(config.multiplier_grid),
+              t, noisy, features=feats, reg=reg, multipliers=tuple(config.multiplier_grid),
               method=config.choose_multiplier, loss=c.loss, temperature=c.temperature,
               criterion=config.choice_criterion, folds=int(config.choice_folds), seed=seed)
           errors.update({"chosen_multiplier": ch.multiplier, "f1_chosen": f1(ch.flagged),

@@ -25,7 +25,7 @@ jax.distributed) each batch is split over all of them (data parallel):
                every `diva_interval` epochs from `diva_start` on, `diva_inner_steps`
                projected weight steps on the dataset derivative of the exact LOO
                cross-entropy of a ridge head on the network's *current* penultimate
-               features (reg: `reg_multiplier` x their exact-LOO optimum, chosen at every
+               features (reg: `derivative_reg_multiplier` x their exact-LOO optimum, chosen at every
                step or, with diva_reg='first_step', once), then the parameter steps on the
                weighted loss. `diva_step='normalized'`: the largest weight change of a step
                is `diva_lr`; 'line_search': the LOO loss chooses it (backtracking from
@@ -117,7 +117,7 @@ def validate(config) -> None:
     common.check_float(config, name, low=0.0, low_open=True)
   if config.gce_q > 1:
     raise ConfigError(f"gce_q must be in (0, 1], got {config.gce_q}.")
-  common.check_float(config, "reg_multiplier", low=0.0, low_open=True)
+  common.check_float(config, "derivative_reg_multiplier", low=0.0, low_open=True)
   common.check_choice(config, "diva_reg", ("every_step", "first_step"))
   common.check_choice(config, "diva_step", ("normalized", "line_search"))
 
@@ -212,7 +212,7 @@ def train_one(config, method, net: Net, train_x, labels, true_labels, flipped, t
         feats = _lift(current) if kind == "current" else _lift(initial, current)
       if reg is None or config.diva_reg == "every_step":
         reg = training.features_reg(feats, targets, temperature=float(config.temperature),
-                                    multiplier=float(config.reg_multiplier))
+                                    multiplier=float(config.derivative_reg_multiplier))
       if config.diva_step == "line_search":
         state = training.search_update(state, feats, targets, reg=reg,
                                        max_step=float(config.diva_lr),
