@@ -28,6 +28,9 @@ def test_benchmark_run_tiny(tmp_path):
                       xla=True, **TINY)
   assert jax.config.jax_enable_x64 == x64  # no global flag flipped
   assert json.loads((tmp_path / "benchmark.json").read_text()) == json.loads(json.dumps(out))
+  # Like every binary: config.json (every option) and metrics.json (the result).
+  assert json.loads((tmp_path / "config.json").read_text())["isolation"] == "pause"
+  assert json.loads((tmp_path / "metrics.json").read_text())["primal"][0]["n"] == 120
   (primal,) = out["primal"]
   assert primal["n"] == 120 and primal["isolation"] == "pause"
   # Every contender timed alone: warm-up + `repeats` calls (jax.grad: half), all recorded.

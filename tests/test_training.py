@@ -227,6 +227,7 @@ def test_whole_network_trunk_is_efficientnet_on_the_images():
   assert out.shape == (3, 4)
 
 
+@pytest.mark.slow
 def test_binary_on_two_processes_trains_from_a_cached_block_like_one_process(tmp_path):
   # Two processes on loopback (one CPU device each, jax.distributed with gloo collectives):
   # every batch is split over both processes' devices. The activations entering block 15 are

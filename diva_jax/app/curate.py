@@ -286,7 +286,6 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
       "estimated_issues": num_issues,
       "flagged": int(flagged.sum()),
       "flagged_fraction": float(flagged.mean()),
-      "classes_kept_whole": [names[j] for j in whole if np.any(flagged & (samples.labels == j))],
       "flagged_by_sign_rule": int(np.sum(deriv > float(config.eps))),
       "suggested_differs_from_given": int(np.sum(suggested != samples.labels)),
       "reg": float(scored["reg"]),
@@ -294,6 +293,9 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
       "skipped_files": len(samples.skipped),
       **{k: round(v, 3) for k, v in timings.items()},
   }
+  kept_whole = [names[j] for j in whole if np.any(flagged & (samples.labels == j))]
+  if kept_whole:
+    summary["classes_kept_whole"] = kept_whole
   if scored_planted:
     summary.update({f"planted_{k}": v for k, v in scored_planted.items()})
   if wd.write:

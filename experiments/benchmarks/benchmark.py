@@ -52,6 +52,7 @@ PRIMAL_CONTENDERS = ("sklearn_f64", "ours_f64", "ours_f32", "autodiff_f64", "aut
 DUAL_CONTENDERS = ("cholesky_xla", "cholesky_lapack", "ours_value", "ours_value_grad")
 ISOLATIONS = ("process", "pause")
 from experiments.lib import ROOT as _REPO
+from experiments.lib import records_run
 
 
 # ----------------------------------------------------------------------------------------
@@ -345,6 +346,7 @@ def primal_line(row: dict) -> str:
   return line
 
 
+@records_run
 def run(workdir: str, *, sizes: Sequence[int] = (2000, 5000, 20000), d: int = 1280,
         c: int = 10, repeats: int = 7, brute_force_refits: int = 3,
         autodiff_max_n: int = 20000, dual_sizes: Sequence[int] = (10000,),

@@ -28,6 +28,7 @@ from diva_jax import data
 from diva_jax import models
 from diva_jax.features import extract as features
 import diva_jax
+from experiments.lib import records_run
 
 
 def _best(fn, repeats):
@@ -76,6 +77,7 @@ def derivative_time(n: int, d: int, c: int, repeats: int, rate_tflops: float) ->
           "fraction_of_matmul_rate": flops / t / (rate_tflops * 1e12)}
 
 
+@records_run
 def run(workdir: str, *, matmul_m: int = 8192, images: int = 20000, image_size: int = 96,
         batch_size: int = 512, sizes: Sequence[int] = (20000, 100000), d: int = 1280,
         c: int = 10, repeats: int = 5) -> dict:

@@ -24,6 +24,7 @@ from diva_jax import data
 from diva_jax.features import extract as features
 from diva_jax import io_utils
 from diva_jax import models
+from experiments.lib import records_run
 
 
 def throughput(backbone: models.Backbone, images: np.ndarray, batch_size: int) -> dict:
@@ -49,6 +50,7 @@ def ridge_accuracy(train_x, train_y, test_x, test_y, alphas: Sequence[float]) ->
           "alpha": float(head.alpha_), "dim": int(train_x.shape[1])}
 
 
+@records_run
 def run(workdir: str, *, datasets: Sequence[str] = ("mnist5k", "digits"),
         feature_size: int = 96, throughput_sizes: Sequence[int] = (96, 224),
         throughput_images: int = 256, batch_size: int = 64, data_dir: Optional[str] = None,

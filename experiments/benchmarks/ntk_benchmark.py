@@ -35,6 +35,7 @@ from diva_jax.ntk import api as ntk
 from diva_jax import models
 from diva_jax._tree_utils import parameter_paths
 from diva_jax._tree_utils import path_matches
+from experiments.lib import records_run
 
 
 class MLP(nn.Module):
@@ -206,6 +207,7 @@ def _rows(sizes, repeats, max_baseline_n, block_size, skip):
   return rows
 
 
+@records_run
 def run(workdir: str, *, mlp_sizes: Sequence[int] = (64, 256, 1024),
         cnn_sizes: Sequence[int] = (32, 128, 256),
         plain_mlp_sizes: Sequence[int] = (256,), nnx_mlp_sizes: Sequence[int] = (256,),

@@ -37,6 +37,7 @@ from diva_jax.parallel import multihost as distributed
 from diva_jax.app import cli
 
 from experiments.lib import ROOT as _REPO
+from experiments.lib import records_run
 
 
 def _free_port() -> int:
@@ -77,6 +78,7 @@ def _worker_result(log: str) -> dict:
   raise RuntimeError(f"no result in the worker's output:\n{log[-3000:]}")
 
 
+@records_run
 def run(workdir: str, *, dataset: str = "mnist5k", split: str = "train", max_images: int = 0,
         image_size: int = 96, batch_size: int = 64, processes: int = 2,
         cores: Sequence[int] = (0, 1), run_config: str = "configs/outlier_rejection.py:runlocal",
