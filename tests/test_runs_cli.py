@@ -91,11 +91,19 @@ def test_other_errors_keep_their_traceback(tmp_path):
     ("mnist5k:foo", "'mnist5k' is one of this package's datasets and has no config or version"),
     ("mnist", "is a TFDS catalog dataset that is not prepared under"),
     ("nosuchdataset", "is neither a file or folder nor a known dataset"),
+    ("mismatch.npz", "features (10, 3) and labels (9,) do not match"),
+    ("oneclass.npz", "'oneclass.npz' has 1 class with samples"),
 ])
 def test_a_bad_curate_source_is_exactly_one_line_and_leaves_nothing(tmp_path, source, match):
   """Not a traceback, no log lines, no download tried (a fresh HOME without TFDS data: the
-  catalog name fails at once), no workdir and no TFDS folder left behind."""
+  catalog name fails at once), no workdir and no TFDS folder left behind; the same for the
+  errors found once JAX has started (labels of another length, one class)."""
+  import numpy as np
   (tmp_path / "notes.txt").write_text("hello\n")
+  np.savez(tmp_path / "mismatch.npz", features=np.ones((10, 3), np.float32),
+           labels=np.arange(9) % 2)
+  np.savez(tmp_path / "oneclass.npz", features=np.ones((10, 3), np.float32),
+           labels=np.zeros(10, int))
   home = tmp_path / "home"
   home.mkdir()
   env_home = dict(os.environ, HOME=str(home))

@@ -90,10 +90,7 @@ def check_data(targets, features, kernel) -> int:
   Only shapes and kinds (the core checks values): its messages compare with `weights`,
   an argument `extend` / `reweight_groups` / `tune_augmentations` do not have.
   """
-  if (features is None) == (kernel is None):
-    got = "both" if features is not None else "neither"
-    raise ValueError("Pass exactly one of features= ([n, d], primal form) or kernel= "
-                     f"([n, n], dual form); got {got}.")
+  _checks.check_one_of(features, kernel)
   ts = np.shape(targets)
   if len(ts) != 2:
     hint = " (for a single output use targets[:, None])" if len(ts) == 1 else ""

@@ -169,9 +169,7 @@ def find_label_issues(labels, *, features=None, kernel=None, num_classes: Option
                      eps=eps, distributed=distributed, outer=outer,
                      block_size=8192 if block_size is None else block_size,
                      return_probs=return_probs, reg_rows=reg_rows)
-  if (features is None) == (kernel is None):
-    raise ValueError("Pass exactly one of features= ([n, d]) or kernel= ([n, n]); got "
-                     f"{'both' if features is not None else 'neither'}.")
+  _checks.check_one_of(features, kernel)
   data = cc.check_array("features" if kernel is None else "kernel",
                         features if kernel is None else kernel,
                         "[n, d]" if kernel is None else "[n, n]", 2, kinds="f")

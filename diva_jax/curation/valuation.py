@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diva_jax.curation import checks as cc
+from diva_jax.loo import checks as loo_checks
 
 __all__ = ["loo_removal_effect", "two_means_split", "noisy_detection_f1", "point_curve",
            "curve_auc", "CURVES"]
@@ -88,9 +89,7 @@ def loo_removal_effect(targets, *, features=None, kernel=None, reg: float,
   """
   t = cc.check_array("targets", targets, "[n, c]", 2, kinds="f")
   n = t.shape[0]
-  if (features is None) == (kernel is None):
-    raise ValueError("Pass exactly one of features= ([n, d]) or kernel= ([n, n]); got "
-                     f"{'both' if features is not None else 'neither'}.")
+  loo_checks.check_one_of(features, kernel)
   x = cc.check_array("features" if kernel is None else "kernel",
                      features if kernel is None else kernel,
                      "[n, d]" if kernel is None else "[n, n]", 2, kinds="f")

@@ -124,6 +124,15 @@ def check_loss_args(loss, temperature, targets=None) -> None:
           f"row {i} = {t[i][:8]} (sum {sums[i]:.4g}); use one-hot labels or loss='mse'.")
 
 
+def check_one_of(features, kernel) -> None:
+  """The one check of every entry point that takes `features=` or `kernel=`: exactly one."""
+  if (features is None) == (kernel is None):
+    got = "both" if features is not None else "neither"
+    raise ValueError(
+        f"Pass exactly one of features= ([n, d], primal form) or kernel= ([n, n], dual "
+        f"form); got {got}.")
+
+
 def check_ridge_inputs(weights, targets, features, kernel, reg, eval_mask=None) -> int:
   """Validates the common arguments of the LOO functions; returns n.
 
@@ -135,11 +144,7 @@ def check_ridge_inputs(weights, targets, features, kernel, reg, eval_mask=None) 
     reg: scalar > 0.
     eval_mask: [n] bool or None.
   """
-  if (features is None) == (kernel is None):
-    got = "both" if features is not None else "neither"
-    raise ValueError(
-        f"Pass exactly one of features= ([n, d], primal form) or kernel= ([n, n], dual "
-        f"form); got {got}.")
+  check_one_of(features, kernel)
   if np.ndim(weights) != 1:
     raise ValueError(f"weights must have shape [n], got shape {_shape(weights)}.")
   n = _shape(weights)[0]

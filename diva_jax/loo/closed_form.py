@@ -241,8 +241,8 @@ def reference_loo_loss(weights, targets, *, features=None, kernel=None, reg, los
   Form: primal for features [n, d] with d <= n, the dual through K = Z Z^T for d > n, the
   dual for kernel [n, n].
   """
-  if (features is None) == (kernel is None):
-    raise ValueError("Pass exactly one of features= or kernel=.")
+  from diva_jax.loo import checks as _checks  # (loo.checks imports this module)
+  _checks.check_one_of(features, kernel)
   x = features if features is not None else kernel
   n = jnp.shape(weights)[0]
   form = "dual" if kernel is not None else ("gram_dual" if jnp.shape(x)[1] > n else "primal")

@@ -201,8 +201,7 @@ def degrees_of_freedom(*, features: Optional[jax.Array] = None,
   Returns:
     The degrees of freedom, a float.
   """
-  if (features is None) == (kernel is None):
-    raise ValueError("Pass exactly one of features= ([n, d]) or kernel= ([n, n]).")
+  _checks.check_one_of(features, kernel)
   x = features if features is not None else kernel
   if np.ndim(x) != 2:
     raise ValueError(f"{'features' if features is not None else 'kernel'} must be 2-D, got "
