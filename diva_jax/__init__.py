@@ -49,12 +49,12 @@ from diva_jax.curation.valuation import two_means_split
 from diva_jax.kernels import median_sq_distance
 from diva_jax.kernels import rbf_kernel
 from diva_jax.kernels import squared_distances
-from diva_jax.linearize import linearize
-from diva_jax.linearize import parameter_paths
-from diva_jax.linearize import path_excludes
-from diva_jax.linearize import path_matches
+from diva_jax.linearization import linearize
+from diva_jax.linearization import parameter_paths
+from diva_jax.linearization import path_excludes
+from diva_jax.linearization import path_matches
 from diva_jax.ntk.api import empirical_ntk_fn
-from diva_jax.ntk import jacobian_features
+from diva_jax.ntk.feature_maps import jacobian_features
 from diva_jax.ntk.api import projected_jacobian_features
 from diva_jax.parallel.sharding import data_mesh
 from diva_jax.parallel.sharding import shard_rows

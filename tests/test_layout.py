@@ -174,3 +174,23 @@ def test_the_fields_settings_and_noise_give_are_not_config_fields():
   cfg = train_with_diva.get_config()
   for k in ("dataset", "max_train", "noise_type", "noise_rate", "linearize"):
     assert k not in cfg, k
+
+
+def test_no_module_shares_a_name_with_a_public_function_of_its_package():
+  """`from pkg import name` must mean one thing: a star import of a function called like a
+  submodule would shadow the submodule (the old `diva_jax.ntk.jacobian_features`)."""
+  import importlib
+  import inspect
+  clashes = []
+  for init in sorted((ROOT / "diva_jax").rglob("__init__.py")):
+    pkg = ".".join(init.parent.relative_to(ROOT).parts)
+    mod = importlib.import_module(pkg)
+    subs = {p.stem for p in init.parent.glob("*.py")} | {
+        p.name for p in init.parent.iterdir() if (p / "__init__.py").exists()}
+    for name in getattr(mod, "__all__", ()):
+      if name in subs and inspect.isfunction(getattr(mod, name, None)):
+        clashes.append(f"{pkg}.{name}")
+  for name in getattr(importlib.import_module("diva_jax"), "__all__", ()):
+    if (ROOT / "diva_jax" / f"{name}.py").exists():
+      clashes.append(f"diva_jax.{name}")
+  assert not clashes, clashes

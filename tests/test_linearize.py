@@ -1,4 +1,4 @@
-"""Tests for diva_jax.linearize and the trainable-parameter predicates."""
+"""Tests for diva_jax.linearization (linearize) and the trainable-parameter predicates."""
 import flax.linen as nn
 from flax import nnx
 import jax
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from diva_jax import _tree_utils
-from diva_jax.linearize import linearize
+from diva_jax.linearization import linearize
 
 
 class MLP(nn.Module):

@@ -12,7 +12,7 @@ class LooResult(NamedTuple):
 
   Unpacks as a pair: `value, derivative = diva_jax.loo_loss_and_derivative(...)`. Every
   entry point (`loo_loss_and_derivative`, `streamed_loo_loss_and_derivative`,
-  `distributed.sharded_loo_loss_and_derivative`, `validation_loss_and_derivative`) returns
+  `diva_jax.parallel.multihost.sharded_loo_loss_and_derivative`, `validation_loss_and_derivative`) returns
   one with the same types: `jax.Array`s in the compute dtype.
 
   Attributes:

@@ -52,13 +52,12 @@ The library never jits: wrap the returned ``kernel_fn`` / ``features_fn`` in
 ``jax.jit`` (``params`` and inputs are traced arguments).
 
 This module is the public API (``empirical_ntk_fn``, and the feature maps
-re-exported from ``diva_jax.ntk.jacobian_features``). The parts behind it:
-``_ntk_problem`` (validation, output layout, per-sample function),
-``_ntk_blocks`` (blocked drivers), ``_ntk_contraction`` (Jacobian contraction,
-NTK-vector products), and the structured path: ``_ntk_jaxpr`` (flat jaxpr, interpreter,
-each leaf's uses), ``_ntk_rules`` (per-primitive views and sites), ``_ntk_plan`` (per-leaf
-decisions and cost model), ``_ntk_structured`` (the kernel from activations and
-cotangents).
+re-exported from ``diva_jax.ntk.feature_maps``). The parts behind it:
+``diva_jax.ntk.problem`` (validation, output layout, per-sample function),
+``blocks`` (blocked drivers), ``contraction`` (Jacobian contraction, NTK-vector products),
+and the structured path: ``jaxpr`` (flat jaxpr, interpreter, each leaf's uses), ``rules``
+(per-primitive views and sites), ``plan`` (per-leaf decisions and cost model),
+``structured`` (the kernel from activations and cotangents).
 """
 from __future__ import annotations
 
@@ -68,8 +67,8 @@ import jax
 
 from diva_jax.ntk.contraction import jacobian_contraction
 from diva_jax.ntk.contraction import ntk_vector_products
-from diva_jax.ntk.jacobian_features import jacobian_features
-from diva_jax.ntk.jacobian_features import projected_jacobian_features
+from diva_jax.ntk.feature_maps import jacobian_features
+from diva_jax.ntk.feature_maps import projected_jacobian_features
 from diva_jax.ntk.problem import Progress
 from diva_jax.ntk.problem import check_block_size
 from diva_jax.ntk.problem import check_finite_output

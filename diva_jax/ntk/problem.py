@@ -5,7 +5,7 @@ trainable)`` into a ``Problem``: batch-first inputs, the trainable/frozen
 split of ``params``, and per-sample outputs folded to ``[T, R]`` (T traced
 output entries, R kept ones), the form every implementation in
 ``diva_jax.ntk.contraction`` / ``diva_jax.ntk.structured`` and the feature
-maps in ``diva_jax.ntk.jacobian_features`` consume. Checks here run at the public
+maps in ``diva_jax.ntk.feature_maps`` consume. Checks here run at the public
 boundary, outside of any block. Conventions: see ``diva_jax.ntk.api``.
 """
 from __future__ import annotations
