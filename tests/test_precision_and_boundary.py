@@ -166,6 +166,13 @@ def test_select_reg_matches_sklearn_ridgecv_and_reuses_its_eigendecomposition():
   assert reg_selection.spectral_cache_info()["hits"] == 2
   diva_jax.select_reg(y, features=z + 1.0)
   assert reg_selection.spectral_cache_info()["misses"] == 2
+  # cache=False: the same answer, the cache neither read nor written.
+  before = reg_selection.spectral_cache_info()
+  fresh = diva_jax.select_reg(y, features=z, cache=False)
+  assert float(fresh.reg) == float(sel.reg)
+  assert reg_selection.degrees_of_freedom(features=z, reg=1.0, cache=False) == pytest.approx(
+      reg_selection.degrees_of_freedom(features=z, reg=1.0), rel=1e-12)
+  assert reg_selection.spectral_cache_info()["size"] == before["size"]
 
 
 # ----------------------------------------------------------------------------------------

@@ -70,8 +70,10 @@ def _spectral_factor(x: np.ndarray, form: str):
   return vecs * np.sqrt(evals)[None, :], evals
 
 
-def _cached_factor(x, form):
+def _cached_factor(x, form, cache: bool = True):
   arr = np.ascontiguousarray(np.asarray(x))
+  if not cache:
+    return _spectral_factor(arr, form)
   key = (form, arr.shape, arr.dtype.str, hashlib.blake2b(arr.view(np.uint8).ravel(),
                                                          digest_size=16).hexdigest())
   if key in _CACHE:
@@ -109,7 +111,8 @@ def _grid_losses(p, s, targets, grid, temperature, loss, pty=None):
 
 def select_reg(targets: jax.Array, *, features: Optional[jax.Array] = None,
                kernel: Optional[jax.Array] = None, rel_grid: Optional[jax.Array] = None,
-               loss: str = "mse", temperature: float = 1.0) -> RegSelection:
+               loss: str = "mse", temperature: float = 1.0,
+               cache: bool = True) -> RegSelection:
   """Chooses reg by minimising the unweighted (a = 1) exact LOO loss over a grid.
 
   The grid is `rel_grid * trace(K) / n` (trace(K)/n = mean squared feature norm), so the
@@ -121,6 +124,10 @@ def select_reg(targets: jax.Array, *, features: Optional[jax.Array] = None,
     features: [n, d] or kernel: [n, n] (exactly one; concrete arrays).
     rel_grid: [g] relative grid > 0, default logspace(-6, 3, 46).
     loss, temperature: as in `loo_loss`.
+    cache: keep the eigendecomposition (of these exact bytes, the last 4 matrices) for the
+      next call on the same features: `degrees_of_freedom` and `find_label_issues` reuse it
+      (`spectral_cache_info()`, `clear_spectral_cache()`). False: computed afresh, kept
+      nowhere.
 
   Returns:
     A `RegSelection` (reg, grid, losses, scale, at_edge), in the features' dtype.
@@ -161,7 +168,7 @@ def select_reg(targets: jax.Array, *, features: Optional[jax.Array] = None,
     form = "gram_dual" if np.shape(x)[1] > n else "primal"
   else:
     form = "dual"
-  p, s = _cached_factor(x, form)
+  p, s = _cached_factor(x, form, cache)
   scale = float(np.sum(s)) / n  # trace(K) / n
   if not scale > 0:
     raise ValueError(f"The {'features' if features is not None else 'kernel'} are all zero "
@@ -187,7 +194,8 @@ def select_reg(targets: jax.Array, *, features: Optional[jax.Array] = None,
 
 
 def degrees_of_freedom(*, features: Optional[jax.Array] = None,
-                       kernel: Optional[jax.Array] = None, reg: float) -> float:
+                       kernel: Optional[jax.Array] = None, reg: float,
+                       cache: bool = True) -> float:
   """The effective degrees of freedom of the unweighted ridge fit at `reg`:
   trace(K (K + reg I)^-1) = sum_j s_j / (s_j + reg) over the eigenvalues s of K = Z Z^T
   (or of Z^T Z), a number in [0, min(n, d)]. Divided by n it is the mean leverage, the share
@@ -197,6 +205,7 @@ def degrees_of_freedom(*, features: Optional[jax.Array] = None,
   Args:
     features: [n, d] or kernel: [n, n] (exactly one; concrete arrays).
     reg: ridge strength > 0.
+    cache: as in `select_reg`.
 
   Returns:
     The degrees of freedom, a float.
@@ -211,5 +220,5 @@ def degrees_of_freedom(*, features: Optional[jax.Array] = None,
   if not _checks.is_concrete(x):
     raise ValueError("degrees_of_freedom needs a concrete array (call it outside jax.jit).")
   form = ("gram_dual" if np.shape(x)[1] > n else "primal") if features is not None else "dual"
-  _, s = _cached_factor(x, form)
+  _, s = _cached_factor(x, form, cache)
   return float(np.sum(s / (s + float(reg))))
