@@ -20,13 +20,13 @@ from diva_jax.loo.heldout import validation_derivative
 from diva_jax.loo.heldout import validation_loss
 from diva_jax.loo.heldout import validation_loss_and_derivative
 
-from diva_jax.curation.steps import DetectionMetrics
+from diva_jax.curation.detect import DetectionMetrics
 from diva_jax.curation.steps import ExtendResult
 from diva_jax.curation.steps import GroupReweightResult
 from diva_jax.curation.steps import ReweightResult
-from diva_jax.curation.steps import auroc
-from diva_jax.curation.steps import detect_detrimental
-from diva_jax.curation.steps import detection_metrics
+from diva_jax.curation.detect import auroc
+from diva_jax.curation.detect import detect_detrimental
+from diva_jax.curation.detect import detection_metrics
 from diva_jax.curation.detect import DetectionRegChoice
 from diva_jax.curation.detect import choose_detection_reg
 from diva_jax.curation.detect import confident_joint
@@ -50,12 +50,12 @@ from diva_jax.kernels import median_sq_distance
 from diva_jax.kernels import rbf_kernel
 from diva_jax.kernels import squared_distances
 from diva_jax.linearization import linearize
-from diva_jax.linearization import parameter_paths
-from diva_jax.linearization import path_excludes
-from diva_jax.linearization import path_matches
+from diva_jax._tree_utils import parameter_paths
+from diva_jax._tree_utils import path_excludes
+from diva_jax._tree_utils import path_matches
 from diva_jax.ntk.api import empirical_ntk_fn
 from diva_jax.ntk.feature_maps import jacobian_features
-from diva_jax.ntk.api import projected_jacobian_features
+from diva_jax.ntk.feature_maps import projected_jacobian_features
 from diva_jax.parallel.sharding import data_mesh
 from diva_jax.parallel.sharding import shard_rows
 from diva_jax.parallel.sharding import sharded_gram

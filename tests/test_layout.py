@@ -194,3 +194,20 @@ def test_no_module_shares_a_name_with_a_public_function_of_its_package():
     if (ROOT / "diva_jax" / f"{name}.py").exists():
       clashes.append(f"diva_jax.{name}")
   assert not clashes, clashes
+
+
+def test_top_level_names_come_from_the_modules_that_own_them():
+  """`diva_jax/__init__.py` imports each name from the module that defines it, not from a
+  module that re-exports it."""
+  import importlib
+  tree = ast.parse((ROOT / "diva_jax" / "__init__.py").read_text())
+  wrong = []
+  for node in tree.body:
+    if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("diva_jax"):
+      mod = importlib.import_module(node.module)
+      for a in node.names:
+        obj = getattr(mod, a.name)
+        owner = getattr(obj, "__module__", None)
+        if owner is not None and owner != node.module and not isinstance(obj, (tuple, str)):
+          wrong.append(f"{a.name}: from {node.module}, defined in {owner}")
+  assert not wrong, wrong
