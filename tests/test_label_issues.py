@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import diva_jax
-from diva_jax.curation import detect as detection
+from diva_jax.curation import detect
 
 
 def _data(n=48, d=12, c=3, flips=6, seed=0):
@@ -113,7 +113,7 @@ def test_matches_brute_force_refits_and_finite_differences():
   assert res.loo_loss == pytest.approx(_ce_loss(x, y, np.ones(n), res.detection_reg, 0.3),
                                        rel=1e-9)
   # The automatic threshold: the estimated count of the most harmful with derivative > 0.
-  assert res.num_issues == detection.estimate_num_issues(p, noisy)
+  assert res.num_issues == detect.estimate_num_issues(p, noisy)
   k = min(res.num_issues, int(np.sum(res.derivative > 0)))
   np.testing.assert_array_equal(np.flatnonzero(res.flagged),
                                 np.sort(np.argsort(-res.derivative, kind="stable")[:k]))

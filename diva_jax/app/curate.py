@@ -51,7 +51,7 @@ from diva_jax.app import common
 from diva_jax.app import curate_sources as sources
 from diva_jax.app import report
 from diva_jax.app.errors import ConfigError
-from diva_jax.curation import detect as detection
+from diva_jax.curation import detect
 from diva_jax.curation import label_issues
 from diva_jax.data import user_data
 
@@ -236,13 +236,13 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
   prob_given = probs[np.arange(n), samples.labels]
   num_issues = int(scored["num_issues"])
   # The same threshold find_label_issues applies (threshold='auto' or 'sign').
-  flagged = detection.detect_detrimental(
+  flagged = detect.detect_detrimental(
       deriv, float(config.eps), num_flagged=num_issues if config.threshold == "auto" else None)
 
   names = samples.class_names
   order = np.argsort(-deriv, kind="stable")
-  check = detection.signal_check(samples.labels, suggested, flagged, num_classes)
-  found = detection.signal_warnings(check, names)
+  check = detect.signal_check(samples.labels, suggested, flagged, num_classes)
+  found = detect.signal_warnings(check, names)
   # Nothing is removed on flags that mark noise: with no signal, cleaned_labels.csv keeps
   # every sample; a class flagged whole or not separated by the features stays with its
   # given labels (label_issues.csv still shows every flag).

@@ -12,7 +12,7 @@ import numpy as np
 
 from diva_jax.app import common
 from diva_jax.app.errors import ConfigError
-from diva_jax.curation import detect as detection
+from diva_jax.curation import detect
 from diva_jax.data import user_data
 from diva_jax.data import user_tables
 
@@ -165,6 +165,6 @@ def planted_scores(path, samples, flagged, deriv) -> dict:
   out = {"file": path, "planted": int(truth.sum()), "unmatched": len(unknown),
          "f1": 2 * tp / max(int(flagged.sum()) + int(truth.sum()), 1),
          "precision": tp / max(int(flagged.sum()), 1), "recall": tp / max(int(truth.sum()), 1),
-         "auroc": (detection.auroc(np.asarray(deriv, np.float64), truth)
+         "auroc": (detect.auroc(np.asarray(deriv, np.float64), truth)
                    if 0 < truth.sum() < truth.size else float("nan"))}
   return {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}

@@ -20,7 +20,7 @@ import numpy as np
 from diva_jax.curation import checks as cc
 from diva_jax.loo import api as _loo
 from diva_jax.loo import reg as reg_selection
-from diva_jax.loo import heldout as validation
+from diva_jax.loo import heldout
 from diva_jax.curation.checks import check_array as _check_array
 from diva_jax.curation.checks import check_int as _check_int
 from diva_jax.curation.checks import check_mask as _check_mask
@@ -254,7 +254,7 @@ def _refit_predictions(targets, x, keep, loss, temperature, refit_reg, test_x):
   w = keep.astype(x.dtype)
   if test_x is None:
     return np.asarray(_loo.loo_predictions(w, targets, features=x, reg=r))
-  return np.asarray(validation.ridge_predict(w, targets, features=x, reg=r, test_features=test_x))
+  return np.asarray(heldout.ridge_predict(w, targets, features=x, reg=r, test_features=test_x))
 
 
 def choose_detection_reg(targets, labels, *, features, reg, multipliers=(1, 3, 10, 30, 100, 300),

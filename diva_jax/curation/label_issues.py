@@ -26,15 +26,15 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from diva_jax.curation import checks as cc
-from diva_jax.curation import detect as detection
+from diva_jax.curation import detect
 from diva_jax.curation import streamed_rule
 from diva_jax.loo import api as _loo
 from diva_jax.loo import checks as _checks
 from diva_jax.loo import reg as reg_selection
-from diva_jax.loo import heldout as validation
+from diva_jax.loo import heldout
 from diva_jax.parallel import multihost as dist
 
-loo_probabilities = detection.loo_probabilities  # re-exported
+loo_probabilities = detect.loo_probabilities  # re-exported
 
 __all__ = ["LabelIssues", "find_label_issues", "refit_test_error", "loo_probabilities",
            "THRESHOLDS", "auto_reg_multiplier"]
@@ -62,9 +62,9 @@ class LabelIssues(NamedTuple):
 
 
 def _with_warnings(issues: "LabelIssues", y: np.ndarray, c: int) -> "LabelIssues":
-  """`issues` with `detection.signal_warnings` filled in, each also issued as a warning."""
-  found = tuple(detection.signal_warnings(
-      detection.signal_check(y, issues.suggested_labels, issues.flagged, c)))
+  """`issues` with `detect.signal_warnings` filled in, each also issued as a warning."""
+  found = tuple(detect.signal_warnings(
+      detect.signal_check(y, issues.suggested_labels, issues.flagged, c)))
   for w in found:
     warnings.warn(f"find_label_issues: {w}.", RuntimeWarning, stacklevel=4)
   return issues._replace(warnings=found)
@@ -200,9 +200,9 @@ def find_label_issues(labels, *, features=None, kernel=None, num_classes: Option
                                                 temperature=temperature, outer=outer, **src)
   deriv = np.asarray(deriv, np.float64)
   loo = np.asarray(_loo.loo_predictions(ones, targets, reg=reg, **src), np.float64)
-  probs = detection.loo_probabilities(loo, temperature)
-  num_issues = detection.estimate_num_issues(probs, y)
-  flagged = detection.detect_detrimental(
+  probs = detect.loo_probabilities(loo, temperature)
+  num_issues = detect.estimate_num_issues(probs, y)
+  flagged = detect.detect_detrimental(
       deriv, eps, num_flagged=num_issues if threshold == "auto" else None)
   return _with_warnings(LabelIssues(
       flagged=flagged, ranking=np.argsort(-deriv, kind="stable"), derivative=deriv,
@@ -271,6 +271,6 @@ def refit_test_error(keep, labels, *, features, test_features, test_labels,
   if reg is None:
     reg = float(reg_selection.select_reg(targets[keep], features=x[keep], loss=loss,
                                          temperature=temperature).reg)
-  pred = validation.ridge_predict(keep.astype(x.dtype), targets, features=x, reg=reg,
+  pred = heldout.ridge_predict(keep.astype(x.dtype), targets, features=x, reg=reg,
                                   test_features=tx)
   return float(np.mean(np.argmax(np.asarray(pred), 1) != np.asarray(test_labels)))

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diva_jax.curation import detect as detection
+from diva_jax.curation import detect
 from diva_jax.loo import closed_form as cf
 from diva_jax.loo import reg as reg_selection
 from diva_jax.loo.streaming import driver as streaming
@@ -379,7 +379,7 @@ def streamed_label_issues(y, c, source, *, loss, temperature, reg, mult, thresho
   deriv = out["derivative"]
   if not np.all(np.isfinite(deriv)):
     raise ValueError(f"The streamed dataset derivative is not finite at reg = {det_reg:.3g}.")
-  flagged = detection.detect_detrimental(
+  flagged = detect.detect_detrimental(
       deriv, eps, num_flagged=out["num_issues"] if threshold == "auto" else None)
   return dict(out, flagged=flagged, reg=reg, detection_reg=det_reg, dof=f["dof"],
               at_edge=f["at_edge"], float64_redo=redone)
