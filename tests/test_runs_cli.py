@@ -135,3 +135,22 @@ def test_the_binaries_print_no_log_lines_unless_asked(tmp_path):
   loud = _run(args + [f"--workdir={tmp_path / 'l'}", "--verbosity=0"], cwd=tmp_path)
   assert loud.returncode == 0, loud.stderr[-2000:]
   assert any(ln.startswith("I") for ln in loud.stderr.splitlines()), loud.stderr[-2000:]
+
+
+def test_a_packaged_variant_by_name_alone(tmp_path):
+  """`--config=:pixels` means the binary's own config file with that variant (what
+  `diva-curate` users write, having no configs/ folder)."""
+  import json
+  import numpy as np
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 2, 60)
+  np.savez(tmp_path / "e.npz", features=rng.normal(size=(60, 4)).astype(np.float32),
+           labels=labels)
+  proc = _run(["-m", "experiments.curate", f"--workdir={tmp_path / 'w'}", "--config=:pixels",
+               "--config.source=e.npz", "--config.report_grid=7"], cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  cfg = json.loads((tmp_path / "w" / "config.json").read_text())
+  assert cfg["backbone"] == "pixels" and cfg["report_grid"] == 7
+  bad = _run(["-m", "experiments.curate", f"--workdir={tmp_path / 'b'}", "--config=:nosuch",
+              "--config.source=e.npz"], cwd=tmp_path)
+  _assert_one_line_error(bad, "nosuch")
