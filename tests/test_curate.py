@@ -312,6 +312,7 @@ def test_planted_list_given_explicitly_and_refused_when_bad(planted, tmp_path):
   bad.write_text("[1, 2]")
   with pytest.raises(ConfigError, match="a 'flipped' list"):
     curate.run(_config(npz_path, planted=str(bad)), str(tmp_path / "wd2"))
+  assert not (tmp_path / "wd2").exists()  # refused before anything is written
   with pytest.raises(ConfigError, match="no such file"):
     curate.run(_config(npz_path, planted=str(tmp_path / "none.json")), str(tmp_path / "wd3"))
   assert not (tmp_path / "wd3").exists()

@@ -144,17 +144,25 @@ def planted_path(config) -> str:
   return auto if os.path.isfile(auto) else ""
 
 
+def read_planted(path) -> list:
+  """The sample paths or ids a planted-noise JSON ({"flipped": [...]}) lists; a malformed
+  file is a ConfigError (curate's validate reads it before anything is written)."""
+  try:
+    with open(path) as f:
+      listed = json.load(f)["flipped"]
+    if isinstance(listed, (str, bytes)) or not hasattr(listed, "__iter__"):
+      raise TypeError(f"'flipped' is a {type(listed).__name__}")
+    return [str(v) for v in listed]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ConfigError(f"planted {path!r}: expected a JSON object with a 'flipped' list of "
+                      f"sample paths or ids ({type(e).__name__}: {e}).") from None
+
+
 def planted_scores(path, samples, flagged, deriv) -> dict:
   """F1, precision, recall of the flags and AUROC of the derivative against the planted
   label errors listed in `path` (JSON {"flipped": [...]}, each a sample's path relative to the
   source, as export_image_folder writes them, or its id)."""
-  try:
-    with open(path) as f:
-      listed = json.load(f)["flipped"]
-    listed = [str(v) for v in listed]
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise ConfigError(f"planted {path!r}: expected a JSON object with a 'flipped' list of "
-                      f"sample paths or ids ({type(e).__name__}: {e}).") from None
+  listed = read_planted(path)
   keys = [p or i for p, i in zip(samples.paths, samples.ids)]
   index = {k: j for j, k in enumerate(keys)}
   index.update({i: j for j, i in enumerate(samples.ids)})
