@@ -124,13 +124,6 @@ def _validate(weights, targets, features, kernel, reg, eval_mask, loss, temperat
   return n
 
 
-def _form(features, kernel, n: int) -> str:
-  """"primal" (features, d <= n), "gram_dual" (features, d > n) or "dual" (kernel)."""
-  if features is None:
-    return "dual"
-  return "gram_dual" if np.shape(features)[1] > n else "primal"
-
-
 def prepare(weights, targets, features, kernel, reg, eval_mask=None, loss="mse",
             temperature=1.0, checked=False):
   """Validates (unless `checked`), casts to one float dtype (jax.Arrays) and picks the form."""
@@ -141,7 +134,7 @@ def prepare(weights, targets, features, kernel, reg, eval_mask=None, loss="mse",
   x = cast(features if features is not None else kernel)
   mask = jnp.ones((n,), dtype) if eval_mask is None else jnp.asarray(eval_mask).astype(dtype)
   return ((cast(weights), cast(targets), x, cast(reg), mask, cast(temperature)),
-          _form(features, kernel, n))
+          cf.choose_form(features, kernel, n))
 
 
 def _concrete(*arrays) -> bool:
@@ -194,9 +187,9 @@ def _loss_call(weights, targets, features, kernel, reg, eval_mask, loss, tempera
     # Directly on the caller's buffers: `jax.pure_callback` would device_put its operands
     # first (0.3-0.5 s per 200 MB here).
     mask = np.ones(n) if eval_mask is None else eval_mask
+    form = cf.choose_form(features, kernel, n)
     value, grad = _backend.value_and_grad_eager(weights, targets, x, reg, mask, temperature,
-                                                _form(features, kernel, n), loss, with_grad,
-                                                outer)
+                                                form, loss, with_grad, outer)
     out = LooResult(jnp.asarray(value), jnp.asarray(grad)) if with_grad else jnp.asarray(value)
     return _checks.raise_if_nonfinite(out, reg, what)
   args, form = prepare(weights, targets, features, kernel, reg, eval_mask, loss, temperature,

@@ -190,6 +190,14 @@ def value_and_grad_tail(xp, fitted, one_minus_h, s_diag, weights, targets, mask,
 
 # ----------------------------------------------------------------------------------------
 # Reference closed form (autodiff-safe in every input). `form` is static:
+def choose_form(features, kernel, n: int) -> str:
+  """The form every entry point solves in: "primal" (features, d <= n), "gram_dual"
+  (features, d > n: through K = Z Z^T) or "dual" (kernel)."""
+  if features is None:
+    return "dual"
+  return "gram_dual" if np.shape(features)[1] > n else "primal"
+
+
 # "primal" (x = features), "dual" (x = kernel), "gram_dual" (x = features, d > n).
 # ----------------------------------------------------------------------------------------
 
@@ -245,6 +253,6 @@ def reference_loo_loss(weights, targets, *, features=None, kernel=None, reg, los
   _checks.check_one_of(features, kernel)
   x = features if features is not None else kernel
   n = jnp.shape(weights)[0]
-  form = "dual" if kernel is not None else ("gram_dual" if jnp.shape(x)[1] > n else "primal")
+  form = choose_form(features, kernel, n)
   mask = jnp.ones((n,), jnp.result_type(x)) if eval_mask is None else eval_mask
   return loo_loss_impl(weights, targets, x, reg, mask, temperature, form, loss, outer)

@@ -164,10 +164,7 @@ def select_reg(targets: jax.Array, *, features: Optional[jax.Array] = None,
     raise ValueError(f"rel_grid must be a non-empty 1-D array, got shape {rel.shape}.")
   if not np.all(np.isfinite(rel) & (rel > 0)):
     raise ValueError(f"rel_grid values must all be finite and > 0, got {rel}.")
-  if features is not None:
-    form = "gram_dual" if np.shape(x)[1] > n else "primal"
-  else:
-    form = "dual"
+  form = cf.choose_form(features, kernel, n)
   p, s = _cached_factor(x, form, cache)
   scale = float(np.sum(s)) / n  # trace(K) / n
   if not scale > 0:
@@ -219,6 +216,6 @@ def degrees_of_freedom(*, features: Optional[jax.Array] = None,
   _checks.check_ridge_inputs(np.ones((n,)), np.zeros((n, 1)), features, kernel, reg)
   if not _checks.is_concrete(x):
     raise ValueError("degrees_of_freedom needs a concrete array (call it outside jax.jit).")
-  form = ("gram_dual" if np.shape(x)[1] > n else "primal") if features is not None else "dual"
+  form = cf.choose_form(features, kernel, n)
   _, s = _cached_factor(x, form, cache)
   return float(np.sum(s / (s + float(reg))))
