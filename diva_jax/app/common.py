@@ -33,6 +33,8 @@ __all__ = [
     "check_int",
     "check_float",
     "check_choice",
+    "check_subset",
+    "setting_workdir",
     "check_common",
     "is_main_process",
     "progress_bar",
@@ -53,6 +55,7 @@ __all__ = [
 # Re-exported: the runs reach every shared helper through `common`.
 from diva_jax.app.config_checks import ConfigMismatchError  # noqa: E402,F401
 from diva_jax.app.config_checks import check_choice  # noqa: E402,F401
+from diva_jax.app.config_checks import check_subset  # noqa: E402,F401
 from diva_jax.app.config_checks import check_common  # noqa: E402,F401
 from diva_jax.app.config_checks import check_dataset  # noqa: E402,F401
 from diva_jax.app.config_checks import check_detection_views  # noqa: E402,F401
@@ -253,6 +256,15 @@ def detection_features(config, train: FeatureSet, workdir: Workdir) -> np.ndarra
                    dataset=config.dataset, split=f"{split}-shift{dy:+d}{dx:+d}",
                    cache_dir=cache_dir, workdir=workdir)
   return standardize((total / (1 + len(offsets))).astype(np.float32))[0]
+
+
+def setting_workdir(workdir: str, wd: Workdir, config, c, dataset: str,
+                    max_train: int) -> Workdir:
+  """The sub-workdir of one (dataset, max_train) setting of a study, `c` its config (whose
+  feature cache becomes config.cache_dir or the study's own cache)."""
+  c.cache_dir = config.cache_dir or wd.file("cache")
+  return Workdir(os.path.join(workdir, "settings", f"{dataset}_{max_train}"), c,
+                 overwrite=True)
 
 
 def noisy_labels(config, labels: np.ndarray, num_classes: int):

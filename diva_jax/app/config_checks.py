@@ -88,6 +88,14 @@ def check_choice(config, name: str, choices: Iterable[str], value=None) -> str:
   return value
 
 
+def check_subset(config, name: str, allowed) -> tuple:
+  """config[name]: a non-empty list of entries of `allowed`; returns it as a tuple."""
+  values, allowed = tuple(config[name]), tuple(allowed)
+  if not values or any(v not in allowed for v in values):
+    raise ConfigError(f"{name} must be a non-empty subset of {allowed}, got {values}.")
+  return values
+
+
 def check_dataset(name) -> None:
   """A dataset name `diva_jax.data.load` knows (this package's, or the TFDS catalog's)."""
   if not isinstance(name, str) or not name:

@@ -104,8 +104,9 @@ def validate(config) -> None:
                       f"it exists), got {config.planted!r}.")
   if config.planted and not os.path.isfile(os.path.expanduser(config.planted)):
     raise ConfigError(f"planted {config.planted!r}: no such file.")
-  if sources.planted_path(config):
-    sources.read_planted(sources.planted_path(config))
+  planted = sources.planted_path(config)
+  if planted:
+    sources.read_planted(planted)
   src = os.path.expanduser(config.source)
   if not config.label_column and user_data.source_kind(src) == "tfds":
     if os.path.exists(src):

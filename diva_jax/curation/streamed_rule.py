@@ -118,25 +118,27 @@ def _class_sums(z64, y, c):
 _COARSE_ENTRIES = 1 << 27
 
 
-def _choose_reg(p_sub, s, y_sub, grid, temperature, loss, b, c, total_rows):
+def _choose_reg(p_sub, s, y_sub, grid, temperature, loss, b, c, total_rows, total):
   """The grid index with the smallest exact LOO loss of the reg rows (this process's share
-  `p_sub` of `total_rows`; the losses are summed over every process): every grid value, or,
-  for a large problem (rows x c x grid > `_COARSE_ENTRIES`), every third one and then the
-  neighbours of the best, which finds the same minimum whenever the LOO curve is unimodal at
-  the grid's resolution (20 of 46 evaluations)."""
+  `p_sub` of `total_rows`; `total` sums the losses over the processes that share the rows,
+  the identity for one): every grid value, or, for a large problem (rows x c x grid >
+  `_COARSE_ENTRIES`), every third one and then the neighbours of the best, which finds the
+  same minimum whenever the LOO curve is unimodal at the grid's resolution (20 of 46
+  evaluations)."""
+  with jax.enable_x64(True):  # the rows, one-hots and fit, on the device once for every call
+    args = (jnp.asarray(p_sub), jnp.asarray(s), jnp.asarray(np.eye(c)[y_sub]))
+    pty, temp = jnp.asarray(b), jnp.asarray(float(temperature))
+
   def losses_at(idx):
     if p_sub.shape[0] == 0:
       local = np.zeros(len(idx))
     else:
       with jax.enable_x64(True):
         local = np.asarray(reg_selection._grid_losses(
-            jnp.asarray(p_sub), jnp.asarray(s), jnp.asarray(np.eye(c)[y_sub]),
-            jnp.asarray(grid[idx]), jnp.asarray(float(temperature)), loss=loss,
-            pty=jnp.asarray(b))) * (p_sub.shape[0] / total_rows)
-    if multihost.process_count() == 1:
-      return local
+            *args, jnp.asarray(grid[idx]), temp, loss=loss, pty=pty)) * (
+                p_sub.shape[0] / total_rows)
     # a non-finite loss anywhere is +inf everywhere (as in select_reg)
-    return multihost.allsum(np.where(np.isfinite(local), local, np.inf))
+    return total(np.where(np.isfinite(local), local, np.inf))
   g = len(grid)
   if total_rows * c * g <= _COARSE_ENTRIES:
     return int(np.argmin(losses_at(np.arange(g))))
@@ -284,7 +286,8 @@ def streamed_label_issues(y, c, source, *, loss, temperature, reg, mult, thresho
       del kept
       grid = np.logspace(-6, 3, 46) * scale
       mine = rows[(rows >= lo) & (rows < hi)]
-      best = _choose_reg(p_sub, s, y[mine], grid, temperature, loss, b, c, len(rows))
+      best = _choose_reg(p_sub, s, y[mine], grid, temperature, loss, b, c, len(rows),
+                         total)
       del p_sub
       at_edge = best in (0, len(grid) - 1)
       reg = float(grid[best])

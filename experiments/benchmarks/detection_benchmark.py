@@ -109,10 +109,7 @@ def check_config(config) -> None:
                         f"got {spec!r}.")
   common.check_int(config, "seeds", 1)
   common.check_int(config, "seed", 0)
-  unknown = [m for m in config.methods if m not in METHODS]
-  if not config.methods or unknown:
-    raise ConfigError(f"methods must be a non-empty subset of {METHODS}, got "
-                      f"{tuple(config.methods)}.")
+  common.check_subset(config, "methods", METHODS)
   common.check_int(config, "max_train", 0)
   common.check_choice(config, "backbone", ("efficientnet_lite0", "pixels"))
   common.check_int(config, "image_size", 32)

@@ -102,10 +102,7 @@ def check_config(config) -> None:
   common.check_float(config, "signal", low=0.0, low_open=True)
   common.check_float(config, "noise_rate", low=0.0, high=1.0, high_open=True)
   common.check_int(config, "block_size", 1)
-  unknown = [m for m in config.contenders if m not in CONTENDERS]
-  if not config.contenders or unknown:
-    raise ConfigError(f"contenders must be a non-empty subset of {CONTENDERS}, got "
-                      f"{tuple(config.contenders)}.")
+  common.check_subset(config, "contenders", CONTENDERS)
   for name in ("max_in_memory", "max_ridge_cv", "max_cleanlab"):
     common.check_int(config, name, 0)
   common.check_int(config, "seed", 0)

@@ -96,14 +96,8 @@ def validate(config) -> None:
     raise ConfigError(f"noise_rates must list numbers in (0, 1), got {rates}.")
   common.check_int(config, "seeds", 1)
   common.check_int(config, "seed", 0)
-  unknown = [m for m in config.methods if m not in METHODS]
-  if not config.methods or unknown:
-    raise ConfigError(f"methods must be a non-empty subset of {METHODS}, got "
-                      f"{tuple(config.methods)}.")
-  bad = [d for d in config.downstreams if d not in DOWNSTREAMS]
-  if not config.downstreams or bad:
-    raise ConfigError(f"downstreams must be a non-empty subset of {DOWNSTREAMS}, got "
-                      f"{tuple(config.downstreams)}.")
+  common.check_subset(config, "methods", METHODS)
+  common.check_subset(config, "downstreams", DOWNSTREAMS)
   _fractions(config, "removal_fractions", True)
   _fractions(config, "addition_fractions", False)
   common.check_int(config, "knn", 1)

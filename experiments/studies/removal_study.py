@@ -54,7 +54,6 @@ resumable stage.
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
@@ -80,10 +79,7 @@ def validate(config) -> None:
   common.check_int(config, "seeds", 1)
   common.check_int(config, "max_test", 0)
   common.check_choice(config, "backbone", ("efficientnet_lite0", "pixels"))
-  unknown = [d for d in config.detectors if d not in DETECTORS + CONTROLS]
-  if not config.detectors or unknown:
-    raise ConfigError(f"detectors must be a non-empty subset of {DETECTORS + CONTROLS}, got "
-                      f"{tuple(config.detectors)}.")
+  common.check_subset(config, "detectors", DETECTORS + CONTROLS)
   common.check_float(config, "detection_reg_multiplier", low=0.0, low_open=True)
   grid = tuple(config.ensemble_multipliers)
   if len(grid) < 2 or not all(isinstance(m, (int, float)) and not isinstance(m, bool)
@@ -353,9 +349,7 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
   rows = []
   for dataset, max_train in common.check_settings(config):
     c = _setting_config(config, dataset, max_train)
-    c.cache_dir = config.cache_dir or wd.file("cache")
-    sub = common.Workdir(os.path.join(workdir, "settings", f"{dataset}_{max_train}"), c,
-                         overwrite=True)
+    sub = common.setting_workdir(workdir, wd, config, c, dataset, max_train)
     pairwise = any(d in _RBF + _KNN for d in c.detectors)
 
     def check(labels, c=c):  # before anything is written

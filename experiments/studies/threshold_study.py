@@ -18,7 +18,6 @@ flags, and that error minus the oracle's. Outputs: results.json
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
@@ -73,9 +72,7 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
   rows = []
   for dataset, max_train in common.check_settings(config):
     c = _setting_config(config, dataset, max_train)
-    c.cache_dir = config.cache_dir or wd.file("cache")
-    sub = common.Workdir(os.path.join(workdir, "settings", f"{dataset}_{max_train}"), c,
-                         overwrite=True)
+    sub = common.setting_workdir(workdir, wd, config, c, dataset, max_train)
     train, test = common.prepare_features(c, sub)
     feats, num_classes = train.features, len(train.class_names)
     n = len(train.labels)

@@ -46,7 +46,6 @@ results.json, curves.csv, summary.csv, curves.png.
 
 from __future__ import annotations
 
-import os
 import time
 
 import jax
@@ -106,10 +105,7 @@ def validate(config) -> None:
   if block is not None and config.backbone != "efficientnet_lite0":
     raise ConfigError(f"trunk={config.trunk!r} trains part of EfficientNet-Lite0: it needs "
                       f"backbone='efficientnet_lite0', got {config.backbone!r}.")
-  methods = tuple(config.methods)
-  bad = [m for m in methods if m not in METHODS]
-  if not methods or bad:
-    raise ConfigError(f"methods must be a non-empty subset of {METHODS}, got {methods}.")
+  common.check_subset(config, "methods", METHODS)
   for name, minimum in (("seeds", 1), ("epochs", 1), ("hidden", 1), ("diva_interval", 1),
                         ("diva_start", 0), ("diva_inner_steps", 1), ("train_batch_size", 1)):
     common.check_int(config, name, minimum)
@@ -270,9 +266,7 @@ def run(config, workdir: str, *, overwrite: bool = False) -> dict:
     c = ml_collections.ConfigDict(dict(config.to_dict(), dataset=dataset, max_train=max_train,
                                        linearize="last_layer", noise_type="uniform",
                                        noise_rate=0.0))
-    c.cache_dir = config.cache_dir or wd.file("cache")
-    sub = common.Workdir(os.path.join(workdir, "settings", f"{dataset}_{max_train}"), c,
-                         overwrite=True)
+    sub = common.setting_workdir(workdir, wd, config, c, dataset, max_train)
     train, test = common.prepare_features(c, sub)
     k = len(train.class_names)
     inputs = trunk_inputs(c, train, test, c.cache_dir, sub)
